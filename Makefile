@@ -1,0 +1,37 @@
+# Two commands: `make demo` (end-to-end pipeline on the shared data) and `make test`.
+# Each creates .venv on first use. torch/torchvision come from the local wheel store;
+# facenet-pytorch 2.5.3 is installed with --no-deps so pip never swaps torch/torchvision.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LRFR_DATA ?= $(shell if [ -d ../shared/data ]; then cd ../shared/data && pwd; else echo $(CURDIR)/data; fi)
+export LRFR_DATA
+DEMO_WS ?= $(CURDIR)/lrfr-workspace
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.5.3
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	LRFR_WORKSPACE=$(DEMO_WS) bash scripts/demo.sh
+
+bench: install
+	$(BIN)/python benchmarks/degrade.py
+
+clean:
+	rm -rf $(VENV) lrfr-workspace .pytest_cache

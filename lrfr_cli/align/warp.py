@@ -1,0 +1,87 @@
+"""5-point similarity alignment onto the ArcFace template.
+
+Training and test faces must be aligned identically (a mismatch costs tens of LFW points), so
+every aligner in lrfr (``align``, SCface landmark lists in ``eval``) goes through
+:func:`warp_face`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..errors import LrfrError
+
+# Left eye, right eye, nose tip, left mouth corner, right mouth corner (image coordinates, 112x112).
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+
+def template_for(size: int | tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Template points and output (width, height) for ``size``.
+
+    ``112`` → the ArcFace template; ``(96, 112)`` (width, height) → the same template shifted
+    8 px left (the SphereFace/CosFace crop); ``N`` → the 112 template scaled by N/112.
+    """
+    if isinstance(size, tuple):
+        w, h = size
+        if (w, h) == (96, 112):
+            return ARCFACE_TEMPLATE - np.array([8.0, 0.0]), (96, 112)
+        if w != h:
+            raise LrfrError(f"--size {w}x{h}: supported are 112, 96x112 or a square size")
+        size = w
+    if size < 16:
+        raise LrfrError(f"--size {size}: too small for alignment (use >= 16)")
+    return ARCFACE_TEMPLATE * (size / 112.0), (size, size)
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` to ``dst``.
+
+    Umeyama (1991), without reflection. Returns the 2x3 matrix ``M`` with ``dst ≈ M @ [x, y, 1]``.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"umeyama needs two N x 2 point sets (N >= 2), got {src.shape} and {dst.shape}")
+    n = src.shape[0]
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    cov = dc.T @ sc / n
+    u, d, vt = np.linalg.svd(cov)
+    s = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        s[1, 1] = -1
+    r = u @ s @ vt
+    var_s = (sc**2).sum() / n
+    if var_s <= 0:
+        raise ValueError("degenerate landmarks: all points coincide")
+    scale = np.trace(np.diag(d) @ s) / var_s
+    t = mu_d - scale * r @ mu_s
+    return np.hstack([scale * r, t[:, None]])
+
+
+def apply_transform(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    pts = np.asarray(pts, dtype=np.float64)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def warp_face(img: np.ndarray, landmarks: np.ndarray, size: int | tuple[int, int] = 112) -> tuple[np.ndarray, np.ndarray]:
+    """Warp ``img`` (HxWx3 uint8) so ``landmarks`` (5x2) land on the template.
+
+    Returns the aligned face and the 2x3 transform. Bilinear sampling; borders are replicated
+    rather than black so a face near the image edge does not get a black wedge.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    tpl, (w, h) = template_for(size)
+    m = umeyama(lm, tpl)
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out, m

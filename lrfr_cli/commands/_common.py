@@ -1,0 +1,86 @@
+"""Shared plumbing for subcommands: global state, error handling, workspace access."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from ..errors import LrfrError
+from ..ui import State
+from ..workspace import Workspace
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+_STATE: State | None = None
+
+
+def set_state(st: State) -> None:
+    """Called by the app callback once per invocation with the global options."""
+    global _STATE
+    _STATE = st
+
+
+def state() -> State:
+    """The global options of the current invocation (a default State outside the CLI)."""
+    if _STATE is None:
+        return State(workspace=os.environ.get("LRFR_WORKSPACE", "./lrfr-workspace"))
+    return _STATE
+
+
+def workspace() -> Workspace:
+    return Workspace(state().workspace)
+
+
+def handle_errors(func: F) -> F:
+    """Turn user errors into one red line + exit code; anything else too unless ``--debug``.
+
+    Keeps tracebacks out of users' terminals while ``--debug`` (or ``LRFR_DEBUG=1``) still shows
+    them for bug reports.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        st = state()
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except LrfrError as e:
+            if st.debug:
+                traceback.print_exc()
+            st.console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            st.console.print("[red]interrupted[/red] (re-run the same command to resume)")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            st.console.print("[red]error:[/red] out of memory; lower --batch-size or --workers")
+            raise typer.Exit(1) from None
+        except Exception as e:  # noqa: BLE001 - the last line of defence for the user's terminal
+            if st.debug or os.environ.get("LRFR_DEBUG") == "1":
+                traceback.print_exc()
+            else:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                st.console.print(
+                    f"[red]internal error:[/red] {type(e).__name__}: {msg} (re-run with --debug for the traceback)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str) -> None:
+    """Raise a user error (for option validation inside commands)."""
+    raise LrfrError(message)
+
+
+def print_err(message: str) -> None:
+    sys.stderr.write(message + "\n")

@@ -1,0 +1,133 @@
+"""``lrfr degrade``: low-resolution copies of an image tree, one mirrored tree per size."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from PIL import Image
+
+from ..data.degrade import METHOD_HELP, METHODS, DegradeSpec, parse_sizes
+from ..data.degrade_files import FORMATS, degrade_tree
+from ..data.images import list_images, parse_exts
+from ..errors import LrfrError
+from ..workspace import atomic_write_text, fingerprint_tree
+from ._common import handle_errors, state, workspace
+from .make_list import resolve_input
+
+
+@handle_errors
+def degrade(
+    src: Path = typer.Argument(..., help="Folder of images (any tree; mirrored), or a workspace artifact such as aligned/NAME."),
+    sizes: str = typer.Option("8,12,16,20", "--sizes", "-s", help="Comma-separated low-resolution heights in pixels."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Output name: <workspace>/degraded/NAME/<size>px/ (default: SRC's folder name)."),
+    method: str = typer.Option("bicubic", "--method", "-m", help=f"Down-sampling filter. {METHOD_HELP}"),
+    blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma (source pixels) applied before down-sampling; 0 = none."),
+    noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std (0..255 units) added to the low-resolution image; deterministic per image path and --seed."),
+    jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="Re-encode the low-resolution image as JPEG at this quality (1..100)."),
+    upsample: bool = typer.Option(True, "--upsample/--no-upsample", help="Up-sample back to the source size with bicubic interpolation (what a 112x112 network sees), or keep the small image."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed."),
+    fmt: str = typer.Option("png", "--format", help="Output format: png (lossless, default) or jpg (quality 95; adds its own compression)."),
+    workers: int = typer.Option(0, "--workers", "-j", min=0, help="Worker processes; 0 = all cores."),
+    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    force: bool = typer.Option(False, "--force", help="Redo sizes that are already complete; replace ones made with other options."),
+) -> None:
+    """Down-sample every image to each size (then optionally back up), resumably, on all cores."""
+    st = state()
+    ws = workspace()
+    if method not in METHODS:
+        raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if fmt not in FORMATS:
+        raise LrfrError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    size_list = parse_sizes(sizes)
+    specs = [DegradeSpec(size=s, method=method, blur=blur, noise=noise, jpeg=jpeg, upsample=upsample) for s in size_list]
+    src = resolve_input(src, ws.root)
+    name = name or src.name
+    images = list_images(src, parse_exts(ext))
+    if not images:
+        raise LrfrError(f"{src}: no images found (looked for {', '.join(parse_exts(ext))} recursively)")
+    h = _first_height(images)
+    if h is not None and max(size_list) > h:
+        raise LrfrError(f"--sizes: {max(size_list)}px is larger than the source images ({h}px high)")
+    ws.ensure_writable()
+    rels = [p.relative_to(src).as_posix() for p in images]
+    inputs = {"src": fingerprint_tree(src, images)}
+    t0 = time.time()
+    with contextlib.ExitStack() as stack:
+        todo, done = [], []
+        for spec in specs:
+            art = ws.artifact("degraded", name, f"{spec.size}px")
+            run = stack.enter_context(
+                art.run("degrade", {**spec.to_dict(), "seed": seed, "format": fmt}, inputs, force=force)
+            )
+            (done if run.skipped else todo).append((spec, art, run))
+        if not todo:
+            st.summary(
+                f"[green]up to date[/green] degraded/{name}: sizes {','.join(map(str, size_list))} already complete (--force to redo)",
+                {"command": "degrade", "name": name, "sizes": size_list, "up_to_date": True, "images": len(images), "path": str(ws.root / "degraded" / name)},
+            )
+            return
+        with st.progress(f"degrade {len(todo)} size(s)", total=len(images)) as progress:
+            res = degrade_tree(src, rels, [(spec, art.path) for spec, art, _ in todo], seed=seed, fmt=fmt, workers=workers or None, progress=progress)
+        for spec, art, run in todo:
+            _write_failures(art.path / "failures.csv", res.failures)
+            run.record(
+                images=len(images),
+                written=res.written[spec.size],
+                already_present=res.existing[spec.size],
+                failed=len(res.failures),
+                failures=[f"{rel}: {why}" for rel, why in res.failures[:1000]],
+                description=spec.describe(),
+            )
+    seconds = time.time() - t0
+    rate = len(images) / seconds if seconds > 0 else 0.0
+    if res.failures:
+        st.warn(f"{len(res.failures)} image(s) could not be read and were skipped (listed in failures.csv), e.g. {res.failures[0][0]}: {res.failures[0][1]}")
+    sizes_txt = ",".join(str(s.size) for s, _, _ in todo)
+    st.summary(
+        f"[green]degraded[/green] {len(images)} images to {sizes_txt} px ({todo[0][0].describe().split(', ', 1)[1]}) "
+        f"in {seconds:.1f} s ({rate:,.0f} img/s), {len(res.failures)} failed → {ws.root / 'degraded' / name}",
+        {
+            "command": "degrade",
+            "name": name,
+            "sizes": [s.size for s, _, _ in todo],
+            "skipped_sizes": [s.size for s, _, _ in done],
+            "up_to_date": False,
+            "images": len(images),
+            "written": sum(res.written.values()),
+            "already_present": sum(res.existing.values()),
+            "failed": len(res.failures),
+            "failures": [{"path": r, "reason": w} for r, w in res.failures],
+            "seconds": round(seconds, 3),
+            "images_per_s": round(rate, 2),
+            "degradation": {str(s.size): s.describe() for s, _, _ in todo},
+            "path": str(ws.root / "degraded" / name),
+        },
+    )
+
+
+def _first_height(images: list[Path]) -> int | None:
+    for p in images[:20]:
+        try:
+            with Image.open(p) as im:
+                return im.size[1]
+        except Exception:  # noqa: BLE001 - unreadable files are reported later, per image
+            continue
+    return None
+
+
+def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "reason"])
+    w.writerows(failures)
+    atomic_write_text(path, buf.getvalue())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("degrade")(degrade)

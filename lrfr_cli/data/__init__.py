@@ -1,0 +1,1 @@
+"""Data layer: image lists, image decoding, degradation transforms (and datasets/caches)."""

@@ -1,0 +1,160 @@
+"""Training lists: ``rel/path label`` lines built from an identity-folder tree.
+
+Layout expected: ``ROOT/<identity>/**/<image>``; each immediate sub-folder is one identity.
+Labels are 0..N-1 in sorted identity order, so the same tree always gives the same labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import LrfrError
+from .images import IMAGE_EXTS, list_images
+
+VAL_MODES = ("images", "identities")
+
+
+@dataclass
+class ListResult:
+    root: Path
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    classes: list[str]
+    val_classes: list[str]
+    excluded: list[str] = field(default_factory=list)
+    too_few: list[str] = field(default_factory=list)
+    skipped_files: int = 0
+
+
+def read_names(path: str | os.PathLike[str]) -> set[str]:
+    """Identity names, one per line; ``#`` comments and anything after the first token ignored.
+
+    The first-token rule also accepts LFW's ``people*.txt`` / ``lfw-names.txt`` (``Name count``).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise LrfrError(f"--exclude {p}: file not found")
+    names = set()
+    for line in p.read_text(errors="replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            tok = line.split()[0]
+            if not tok.isdigit():  # LFW people files start with a count line
+                names.add(tok)
+    return names
+
+
+def build_list(
+    root: str | os.PathLike[str],
+    min_images: int = 1,
+    exclude: Iterable[str] = (),
+    val_fraction: float = 0.0,
+    val_mode: str = "images",
+    seed: int = 0,
+    exts: tuple[str, ...] = IMAGE_EXTS,
+) -> ListResult:
+    """Scan ``root`` and split it.
+
+    ``val_mode="images"`` holds out ``val_fraction`` of each identity's images (at least one stays
+    in training; identities with one image contribute none): held-out images of *training*
+    identities, for closed-set validation. ``"identities"`` holds out whole identities, for an
+    open-set split; train and val then have their own contiguous labels.
+    """
+    root = Path(root)
+    if min_images < 1:
+        raise LrfrError(f"--min-images {min_images}: must be >= 1")
+    if not 0.0 <= val_fraction < 1.0:
+        raise LrfrError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    if val_mode not in VAL_MODES:
+        raise LrfrError(f"--val-mode {val_mode!r}: choose one of {', '.join(VAL_MODES)}")
+    exclude = set(exclude)
+    identities = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    skipped_files = sum(1 for f in root.iterdir() if f.is_file())
+    per_id: dict[str, list[str]] = {}
+    excluded, too_few = [], []
+    for ident in identities:
+        if ident in exclude:
+            excluded.append(ident)
+            continue
+        all_files = [p for p in (root / ident).rglob("*") if p.is_file() and not p.name.startswith(".")]
+        imgs = [p.relative_to(root).as_posix() for p in list_images(root / ident, exts)]
+        skipped_files += len(all_files) - len(imgs)
+        if len(imgs) < min_images:
+            too_few.append(ident)
+            continue
+        per_id[ident] = imgs
+    if not per_id:
+        raise LrfrError(
+            f"{root}: no identity folder with >= {min_images} image(s) "
+            f"(expected ROOT/<identity>/<image>{'/'.join(exts[:1])}, found {len(identities)} folder(s))"
+        )
+    rng = random.Random(seed)
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
+    kept = sorted(per_id)
+    if val_mode == "identities" and val_fraction > 0:
+        order = kept[:]
+        rng.shuffle(order)
+        n_val = int(round(len(order) * val_fraction))
+        val_ids = sorted(order[:n_val])
+        train_ids = sorted(order[n_val:])
+        if not train_ids:
+            raise LrfrError("--val-fraction leaves no identity for training")
+        for label, ident in enumerate(train_ids):
+            train += [(f, label) for f in per_id[ident]]
+        for label, ident in enumerate(val_ids):
+            val += [(f, label) for f in per_id[ident]]
+        return ListResult(root, train, val, train_ids, val_ids, excluded, too_few, skipped_files)
+    for label, ident in enumerate(kept):
+        files = per_id[ident][:]
+        n_val = 0
+        if val_fraction > 0 and len(files) > 1:
+            n_val = min(len(files) - 1, int(round(len(files) * val_fraction)))
+            rng.shuffle(files)
+        held = set(files[:n_val])
+        train += [(f, label) for f in per_id[ident] if f not in held]
+        val += [(f, label) for f in per_id[ident] if f in held]
+    return ListResult(root, train, val, kept, kept if val else [], excluded, too_few, skipped_files)
+
+
+def format_list(entries: Iterable[tuple[str, int]]) -> str:
+    return "".join(f"{path} {label}\n" for path, label in entries)
+
+
+def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """Parse a ``rel/path label`` file; errors name ``file:line``."""
+    p = Path(path)
+    if not p.is_file():
+        raise LrfrError(f"list file {p} not found")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise LrfrError(f"{p}:{i}: expected 'rel/path label', got {line!r}")
+        try:
+            label = int(parts[1])
+        except ValueError:
+            raise LrfrError(f"{p}:{i}: label {parts[1]!r} is not an integer") from None
+        if label < 0:
+            raise LrfrError(f"{p}:{i}: label {label} is negative")
+        out.append((parts[0], label))
+    return out
+
+
+def labels_json(result: ListResult) -> str:
+    return json.dumps(
+        {
+            "root": str(result.root.resolve()),
+            "classes": result.classes,
+            "val_classes": result.val_classes,
+            "num_classes": len(result.classes),
+        },
+        indent=2,
+    ) + "\n"

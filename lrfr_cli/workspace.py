@@ -1,0 +1,367 @@
+"""The managed workspace: artifacts, manifests, locks, atomic writes, skip-if-done.
+
+Every command writes into an *artifact* folder of the workspace (``aligned/NAME``,
+``degraded/NAME/16px``, ``lists/NAME``, ``runs/RUN`` ...). The folder's ``manifest.json`` records
+how it was made: command, options, input fingerprints, package versions, git commit, status and
+times. The rules that make re-runs cheap and crashes harmless:
+
+* the *key* of an artifact is a hash of (command, options, input fingerprints); a ``complete``
+  artifact with the same key is not redone (``--force`` redoes it);
+* a ``running`` artifact with the same key is *resumed*: every item inside was written atomically
+  (temp name, fsync, rename), so whatever exists is whole and can be kept;
+* an artifact with a different key is never silently overwritten: the user chooses ``--force`` or
+  another name;
+* an exclusive ``flock`` on ``.lock`` refuses a second writer; the kernel drops it when the
+  process dies, even by SIGKILL, so a crash never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import LockedError, LrfrError, OptionsChangedError
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+DEFAULT_WORKSPACE = "./lrfr-workspace"
+_VERSION_PACKAGES = ("lrfr", "torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "facenet-pytorch")
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _tmp_name(path: Path) -> Path:
+    # Hidden and keeps the suffix, so PIL/cv2 still infer the format from the name.
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
+
+    On an exception the temporary file is removed, so a reader only ever sees the old file or the
+    complete new one.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- fingerprints
+def fingerprint_tree(root: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
+    """Cheap fingerprint of a set of files: relative path, size and mtime of each, hashed.
+
+    Content hashing 500k images on every run would cost minutes; (size, mtime_ns) catches every
+    realistic edit. ``files`` defaults to every regular non-hidden file below ``root``.
+    """
+    root = Path(root)
+    if files is None:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    h = hashlib.sha1()
+    n = 0
+    total = 0
+    for f in files:
+        p = Path(f)
+        st = p.stat()
+        rel = p.relative_to(root).as_posix() if p.is_absolute() else p.as_posix()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        n += 1
+        total += st.st_size
+    return {"path": str(root.resolve()), "files": n, "bytes": total, "sha1": h.hexdigest()}
+
+
+def fingerprint_file(path: str | os.PathLike[str], content: bool = True) -> dict[str, Any]:
+    """Fingerprint one file; by content (sha1) unless ``content=False``."""
+    p = Path(path)
+    st = p.stat()
+    out: dict[str, Any] = {"path": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if content:
+        h = hashlib.sha1()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out["sha1"] = h.hexdigest()
+        del out["mtime_ns"]  # content decides; a touch must not invalidate
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit() -> str | None:
+    """The lrfr source tree's commit (with ``+dirty``), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_key(command: str, options: dict[str, Any], inputs: dict[str, Any]) -> str:
+    blob = json.dumps({"command": command, "options": options, "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- artifacts
+@dataclass
+class Run:
+    """One command's claim on an artifact (see :meth:`Artifact.run`)."""
+
+    artifact: "Artifact"
+    manifest: dict[str, Any]
+    skipped: bool = False
+    resumed: bool = False
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, **counts: Any) -> None:
+        """Counts/results stored in the manifest when the run completes."""
+        self.counts.update(counts)
+
+    def checkpoint(self, **counts: Any) -> None:
+        """Persist progress counts while still running (helps ``lrfr status``)."""
+        self.counts.update(counts)
+        self.manifest["counts"] = self.counts
+        atomic_write_json(self.artifact.manifest_path, self.manifest)
+
+
+class Artifact:
+    """A folder of the workspace that one command owns."""
+
+    def __init__(self, workspace: "Workspace", rel: str):
+        self.workspace = workspace
+        self.rel = rel
+        self.path = workspace.root / rel
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.rel!r})"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, OSError) as e:
+            raise LrfrError(f"{self.manifest_path}: unreadable manifest ({e}); remove the folder or pass --force") from e
+
+    @property
+    def status(self) -> str | None:
+        m = self.manifest()
+        return m.get("status") if m else None
+
+    def is_complete(self) -> bool:
+        return self.status == "complete"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive writer lock; refuses (does not wait) when another process holds it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as e:
+            raise LrfrError(f"cannot write to the workspace at {self.workspace.root}: permission denied") from e
+        except OSError as e:
+            raise LrfrError(f"cannot write to the workspace at {self.workspace.root}: {e.strerror}") from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                    raise LockedError(
+                        f"{self.rel} is being written by another lrfr process (pid {holder}); wait for it to finish"
+                    ) from e
+                raise
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    @contextmanager
+    def run(
+        self,
+        command: str,
+        options: dict[str, Any],
+        inputs: dict[str, Any],
+        force: bool = False,
+        clear_on_force: bool = True,
+    ) -> Iterator[Run]:
+        """Claim the artifact for ``command``.
+
+        Yields a :class:`Run`; ``run.skipped`` is True when an identical complete artifact exists
+        (the caller then does nothing). On normal exit the manifest is marked ``complete``; on an
+        exception it stays ``running`` (with the error recorded) so the next identical command
+        resumes.
+        """
+        key = make_key(command, options, inputs)
+        with self.lock():
+            old = self.manifest()
+            resumed = False
+            if old is not None and not force:
+                if old.get("key") != key:
+                    raise OptionsChangedError(
+                        f"{self.rel} already exists and was made from other inputs or options; "
+                        "pass --force to redo it, or choose another name"
+                    )
+                if old.get("status") == "complete":
+                    yield Run(self, old, skipped=True, counts=dict(old.get("counts", {})))
+                    return
+                resumed = True
+            if force and old is not None and clear_on_force:
+                self._clear()
+            manifest: dict[str, Any] = {
+                "artifact": self.rel,
+                "command": command,
+                "options": options,
+                "inputs": inputs,
+                "key": key,
+                "status": "running",
+                "started": _now(),
+                "finished": None,
+                "versions": package_versions(),
+                "git_commit": git_commit(),
+                "pid": os.getpid(),
+                "counts": {},
+            }
+            if resumed and old is not None:
+                manifest["resumed_from"] = old.get("started")
+            atomic_write_json(self.manifest_path, manifest)
+            run = Run(self, manifest, resumed=resumed)
+            t0 = time.time()
+            try:
+                yield run
+            except BaseException as e:
+                manifest["error"] = f"{type(e).__name__}: {e}"
+                manifest["counts"] = run.counts
+                atomic_write_json(self.manifest_path, manifest)
+                raise
+            manifest["status"] = "complete"
+            manifest["finished"] = _now()
+            manifest["seconds"] = round(time.time() - t0, 3)
+            manifest["counts"] = run.counts
+            manifest.pop("error", None)
+            atomic_write_json(self.manifest_path, manifest)
+
+    def _clear(self) -> None:
+        for child in self.path.iterdir():
+            if child.name == LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+class Workspace:
+    """The root folder all commands write into (``--workspace``, env ``LRFR_WORKSPACE``)."""
+
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_WORKSPACE):
+        self.root = Path(root).expanduser().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise LrfrError(f"workspace {self.root} is a file, not a folder")
+
+    def artifact(self, *parts: str) -> Artifact:
+        for p in parts:
+            if not p or "/" in p or p in (".", ".."):
+                raise LrfrError(f"invalid artifact name {p!r}: use a plain name without '/'")
+        return Artifact(self, "/".join(parts))
+
+    def ensure_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise LrfrError(f"cannot write to the workspace at {self.root}: {e.strerror or e}") from e
+
+    def artifacts(self) -> list[Artifact]:
+        """Every artifact (folder with a manifest) below the root, sorted by path."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            if MANIFEST in filenames:
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                found.append(Artifact(self, rel))
+        return found
+
+
+def folder_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                continue
+    return total
