@@ -277,6 +277,8 @@ class Artifact:
                 resumed = True
             if force and old is not None and clear_on_force:
                 self._clear()
+            elif resumed:
+                self._remove_stale_temps()
             manifest: dict[str, Any] = {
                 "artifact": self.rel,
                 "command": command,
@@ -309,6 +311,16 @@ class Artifact:
             manifest["counts"] = run.counts
             manifest.pop("error", None)
             atomic_write_json(self.manifest_path, manifest)
+
+    def _remove_stale_temps(self) -> None:
+        """Delete temp files a killed writer left behind (``.<stem>.tmp-<pid><suffix>``)."""
+        for dirpath, _dirs, files in os.walk(self.path):
+            for f in files:
+                if f.startswith(".") and ".tmp-" in f:
+                    try:
+                        os.unlink(os.path.join(dirpath, f))
+                    except OSError:
+                        pass
 
     def _clear(self) -> None:
         for child in self.path.iterdir():

@@ -12,8 +12,11 @@ accuracy by several points):
 3. rounding to 8-bit levels (a real low-resolution image is stored as uint8);
 4. optional additive Gaussian noise (``noise`` = std in 0..255 units), deterministic per key;
 5. optional JPEG re-encoding at ``jpeg`` quality;
-6. optional up-sampling back to the source size with bicubic interpolation (what a network with a
-   fixed 112x112 input sees).
+6. optional up-sampling back to the source size with bicubic interpolation (Keys a=-0.75, the
+   OpenCV ``INTER_CUBIC`` kernel; what a network with a fixed 112x112 input sees).
+
+Checked in tests: the down-sampling equals PIL's ``BICUBIC`` resize within 2 grey levels, the
+up-sampling equals OpenCV's ``INTER_CUBIC`` within 2 levels.
 
 Works on a batch tensor on any device (:func:`degrade_batch`) and on a single HxWx3 uint8 array
 (:func:`degrade_array`); the latter simply calls the former, so file and tensor paths agree.
