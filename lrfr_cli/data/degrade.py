@@ -144,13 +144,21 @@ def _quantize(x: torch.Tensor) -> torch.Tensor:
 
 
 def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """JPEG round trip with libjpeg through Pillow (a CPU step, as a camera's encoder is)."""
+    import io
+
+    from PIL import Image
 
     device = x.device
-    u8 = x.to(torch.uint8).cpu()
-    encoded = encode_jpeg(list(u8), quality=quality)
-    decoded = decode_jpeg(encoded)
-    return torch.stack(decoded).to(device=device, dtype=torch.float32)
+    u8 = x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for img in u8:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            out.append(np.array(im.convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32)
 
 
 def lr_shape(h: int, w: int, size: int) -> tuple[int, int]:

@@ -39,13 +39,12 @@ def read_names(path: str | os.PathLike[str]) -> set[str]:
     p = Path(path)
     if not p.is_file():
         raise LrfrError(f"--exclude {p}: file not found")
-    names = set()
-    for line in p.read_text(errors="replace").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            tok = line.split()[0]
-            if not tok.isdigit():  # LFW people files start with a count line
-                names.add(tok)
+    rows = [line.split("#", 1)[0].split() for line in p.read_text(errors="replace").splitlines()]
+    rows = [r for r in rows if r]
+    if any(len(r) >= 2 for r in rows):
+        # "Name count" format (LFW people files): bare integer lines are fold/count headers.
+        return {r[0] for r in rows if len(r) >= 2}
+    names = {r[0] for r in rows}
     return names
 
 
