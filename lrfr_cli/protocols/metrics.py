@@ -1,0 +1,193 @@
+"""Verification and identification metrics: the one module every protocol scores with.
+
+Conventions (fixed here so every number in an eval JSON means the same thing):
+
+* scores are similarities (cosine of L2-normalised embeddings): higher = more alike;
+* a pair is accepted as "same" when ``score >= threshold``;
+* the ROC is computed by sorting the scores once (O(n log n)), with one point per distinct
+  score, exactly like scikit-learn's ``roc_curve(..., drop_intermediate=False)``;
+* TAR@FAR=f is the highest true-accept rate among operating points whose false-accept rate is
+  ``<= f`` (no interpolation: the number is achievable by an actual threshold);
+* the accuracy threshold is picked among the mid-points between consecutive distinct scores
+  (plus one below the minimum and one above the maximum); ties in training accuracy go to the
+  lowest such threshold. Mid-points, not the scores themselves, because a test-fold score equal
+  to a training score must not decide the outcome by floating-point accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import LrfrError
+
+
+def _check_binary(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.shape[0]}) and labels ({y.shape[0]}) differ in length")
+    if s.size == 0:
+        raise LrfrError("no pairs to score")
+    if not np.all(np.isfinite(s)):
+        raise LrfrError("non-finite similarity scores (the model produced NaN/inf embeddings)")
+    return s, y
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``, thresholds decreasing, first point ``(0, 0)`` at ``+inf``.
+
+    One operating point per distinct score: accepting every pair with ``score >= t``.
+    """
+    s, y = _check_binary(scores, labels)
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        raise LrfrError(f"ROC needs both genuine and impostor pairs (got {n_pos} genuine, {n_neg} impostor)")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted = s[order]
+    y_sorted = y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(~y_sorted)
+    # Keep the last index of every run of equal scores: all of them are accepted together.
+    last = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
+    tpr = np.r_[0.0, tp[last] / n_pos]
+    fpr = np.r_[0.0, fp[last] / n_neg]
+    thresholds = np.r_[np.inf, s_sorted[last]]
+    return fpr, tpr, thresholds
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under a ROC curve by the trapezoidal rule (fpr increasing)."""
+    return float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return auc(fpr, tpr)
+
+
+def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: float | list[float]) -> dict[float, float]:
+    """True-accept rate at each false-accept rate: max TPR over points with FPR <= far."""
+    fpr, tpr, _ = roc_curve(scores, labels)
+    targets = [fars] if isinstance(fars, (int, float)) else list(fars)
+    out: dict[float, float] = {}
+    for f in targets:
+        ok = fpr <= f + 1e-12
+        out[float(f)] = float(tpr[ok].max())  # (0, 0) is always admissible
+    return out
+
+
+def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
+    """Mid-points between consecutive distinct scores, plus one below and one above all of them."""
+    u = np.unique(np.asarray(scores, dtype=np.float64))
+    if u.size == 0:
+        return np.array([0.0])
+    mids = (u[:-1] + u[1:]) / 2.0
+    pad = max(1e-6, 1e-6 * float(np.abs(u).max()))
+    return np.r_[u[0] - pad, mids, u[-1] + pad]
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(threshold, accuracy)`` maximising accuracy of ``score >= threshold`` on these pairs.
+
+    Sort-based: with the scores sorted ascending, putting the threshold just above the k
+    lowest scores rejects exactly those k pairs, so accuracy for every candidate is a cumsum.
+    """
+    s, y = _check_binary(scores, labels)
+    cands = candidate_thresholds(s)
+    s_sorted = np.sort(s)
+    y_by_score = y[np.argsort(s, kind="mergesort")]
+    # For candidate c: rejected = scores < c (count k), accepted = the rest.
+    k = np.searchsorted(s_sorted, cands, side="left")
+    neg_below = np.r_[0, np.cumsum(~y_by_score)]  # impostors among the k lowest
+    pos_total = int(y.sum())
+    pos_below = k - neg_below[k]
+    correct = neg_below[k] + (pos_total - pos_below)
+    acc = correct / s.size
+    i = int(np.argmax(acc))  # first maximum = lowest threshold among ties
+    return float(cands[i]), float(acc[i])
+
+
+def accuracy_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    s, y = _check_binary(scores, labels)
+    return float(np.mean((s >= threshold) == y))
+
+
+@dataclass
+class KFoldResult:
+    """Accuracy from cross-validated thresholds (LFW's protocol); fractions in [0, 1]."""
+
+    accuracy: float
+    std: float
+    fold_accuracies: list[float] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)
+
+
+def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> KFoldResult:
+    """For each fold: threshold chosen on the other folds, accuracy measured on this one.
+
+    ``std`` is the population standard deviation over folds (``ddof=0``), as insightface and
+    facenet report it.
+    """
+    s, y = _check_binary(scores, labels)
+    f = np.asarray(folds).ravel()
+    if f.shape != s.shape:
+        raise ValueError("folds must have one entry per pair")
+    ids = np.unique(f)
+    if ids.size < 2:
+        raise LrfrError("k-fold accuracy needs at least two folds")
+    accs, thrs = [], []
+    for k in ids:
+        test = f == k
+        thr, _ = best_threshold(s[~test], y[~test])
+        accs.append(accuracy_at(s[test], y[test], thr))
+        thrs.append(thr)
+    a = np.asarray(accs)
+    return KFoldResult(float(a.mean()), float(a.std()), [float(v) for v in a], thrs)
+
+
+# --------------------------------------------------------------------------- identification
+def true_match_ranks(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """1-based rank of the best-scoring correct gallery entry for each probe.
+
+    ``sim`` is probes × gallery. The rank is 1 + the number of wrong-identity gallery entries
+    scoring strictly higher than the best correct one (ties resolved in the probe's favour;
+    with continuous scores ties do not occur). Probes whose identity is absent from the gallery
+    get rank 0 (callers exclude or count them).
+    """
+    sim = np.asarray(sim, dtype=np.float64)
+    p = np.asarray(probe_labels)
+    g = np.asarray(gallery_labels)
+    if sim.shape != (p.size, g.size):
+        raise ValueError(f"similarity matrix {sim.shape} does not match {p.size} probes x {g.size} gallery")
+    match = p[:, None] == g[None, :]
+    has = match.any(axis=1)
+    best_true = np.where(match, sim, -np.inf).max(axis=1)
+    wrong_higher = (np.where(match, -np.inf, sim) > best_true[:, None]).sum(axis=1)
+    return np.where(has, wrong_higher + 1, 0).astype(np.int64)
+
+
+def cmc(ranks: np.ndarray, max_rank: int = 20) -> np.ndarray:
+    """Cumulative match characteristic: fraction of probes with rank <= r, for r = 1..max_rank."""
+    r = np.asarray(ranks)
+    r = r[r > 0]
+    if r.size == 0:
+        raise LrfrError("no probe has a matching identity in the gallery")
+    return np.array([float(np.mean(r <= k)) for k in range(1, max_rank + 1)])
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``a @ b.T`` for L2-normalised rows, chunked so a 150k-image gallery stays in memory."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
+    for i in range(0, a.shape[0], chunk):
+        out[i : i + chunk] = a[i : i + chunk] @ b.T
+    return out
+
+
+def pair_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two equally long lists of L2-normalised embeddings."""
+    return np.einsum("ij,ij->i", np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
