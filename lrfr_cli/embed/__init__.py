@@ -1,0 +1,18 @@
+"""Model loading and the cached embedding pass shared by every evaluation protocol."""
+
+from .cache import EmbeddingCache
+from .extract import Embeddings, EmbedStats, ImageSet, Variant, embed, forward
+from .model import CHECKPOINT_CHOICES, LoadedModel, resolve_model
+
+__all__ = [
+    "CHECKPOINT_CHOICES",
+    "EmbedStats",
+    "EmbeddingCache",
+    "Embeddings",
+    "ImageSet",
+    "LoadedModel",
+    "Variant",
+    "embed",
+    "forward",
+    "resolve_model",
+]

@@ -1,0 +1,223 @@
+"""The one embedding pass of an eval: load each needed image once, derive every requested
+degradation from it on the device, run the model in batches, and keep the results in the cache.
+
+Protocols ask for ``{Variant: [image paths]}``; pairs, galleries and probes are scored afterwards
+from the cached rows, so an image that appears in 30 pairs is still embedded once per variant.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.degrade import DegradeSpec, degrade_batch, key_generator
+from ..data.images import ImageReadError
+from ..engine import autocast
+from ..errors import LrfrError
+from ..models import preprocess
+from ..ui import ProgressFn, null_progress
+from .cache import EmbeddingCache
+from .model import LoadedModel
+
+FLUSH_SECONDS = 60.0
+
+
+class ImageSet(Protocol):
+    """A set of evaluation images addressed by relative path, delivered aligned.
+
+    ``name`` names the cache folder; ``describe()`` is what the cache is keyed on (root,
+    alignment); ``load(rel)`` returns an ``input_size``-square HxWx3 uint8 RGB face and must be
+    picklable (it runs in DataLoader workers).
+    """
+
+    name: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def load(self, rel: str) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How an image is presented: as loaded (``spec=None``) or degraded by ``spec``."""
+
+    spec: DegradeSpec | None = None
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        s = self.spec
+        if s is None:
+            return "hr"
+        parts = [f"{s.size}px", s.method]
+        if s.blur:
+            parts.append(f"blur{s.blur:g}")
+        if s.noise:
+            parts.append(f"noise{s.noise:g}-seed{self.seed}")
+        if s.jpeg:
+            parts.append(f"jpeg{s.jpeg}")
+        if not s.upsample:
+            parts.append("noup")
+        return "_".join(parts)
+
+    def describe(self) -> str:
+        return "as aligned (no degradation)" if self.spec is None else self.spec.describe()
+
+
+@dataclass
+class EmbedStats:
+    computed: int = 0  # (image, variant) embeddings computed now
+    cached: int = 0  # ... taken from the cache
+    forward_images: int = 0  # images through the network (x2 with --flip)
+    images_loaded: int = 0
+    seconds: float = 0.0
+    per_variant: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class _Faces(Dataset):
+    def __init__(self, images: ImageSet, rels: list[str]):
+        self.images = images
+        self.rels = rels
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        try:
+            img = self.images.load(self.rels[i])
+        except ImageReadError as e:
+            return i, torch.zeros(0, dtype=torch.uint8), str(e) or "unreadable"
+        except LrfrError as e:
+            return i, torch.zeros(0, dtype=torch.uint8), str(e)
+        return i, torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), ""
+
+
+def _collate(batch: list[tuple[int, torch.Tensor, str]]) -> tuple[list[int], list[torch.Tensor], list[str]]:
+    return [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
+
+
+def forward(model: LoadedModel, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """uint8 B×3×H×W (RGB) → raw float32 embeddings; the single place the network runs."""
+    if model.channel_order == "bgr":
+        x = x.flip(1)
+    with torch.inference_mode(), autocast(x.device, precision):
+        out = model.module(preprocess(x))
+    if isinstance(out, (tuple, list)):  # networks that also return a norm or logits
+        out = out[0]
+    return out.float()
+
+
+class Embeddings:
+    """L2-normalised embeddings looked up by (variant, paths)."""
+
+    def __init__(self, cache: EmbeddingCache, flip: bool):
+        self.cache = cache
+        self.flip = flip
+
+    def get(self, variant: Variant, rels: list[str]) -> np.ndarray:
+        e = self.cache.get(variant.name, rels).astype(np.float64)
+        if self.flip:
+            e = e + self.cache.get(variant.name + ".flip", rels)
+        n = np.linalg.norm(e, axis=1, keepdims=True)
+        if np.any(n == 0) or not np.all(np.isfinite(e)):
+            raise LrfrError("the model produced zero or non-finite embeddings (diverged or untrained checkpoint?)")
+        return (e / n).astype(np.float32)
+
+
+def embed(
+    model: LoadedModel,
+    images: ImageSet,
+    requests: dict[Variant, Iterable[str]],
+    cache: EmbeddingCache,
+    *,
+    flip: bool = False,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: ProgressFn = null_progress,
+    forward_fn: Callable[[LoadedModel, torch.Tensor, str], torch.Tensor] | None = None,
+) -> tuple[Embeddings, EmbedStats]:
+    """Make sure every requested (image, variant) is in the cache; compute only what is missing."""
+    device = torch.device(device)
+    fwd = forward_fn or forward
+    t0 = time.time()
+    stats = EmbedStats()
+    todo: dict[Variant, set[str]] = {}
+    for variant, rels in requests.items():
+        rels = list(dict.fromkeys(rels))
+        files = [variant.name] + ([variant.name + ".flip"] if flip else [])
+        miss: set[str] = set()
+        for f in files:
+            miss.update(cache.missing(f, rels))
+        todo[variant] = miss
+        stats.cached += len(rels) - len(miss)
+        stats.computed += len(miss)
+        stats.per_variant[variant.name] = {"images": len(rels), "computed": len(miss), "cached": len(rels) - len(miss)}
+    order = list(dict.fromkeys(r for v in requests for r in requests[v] if r in todo[v]))
+    if not order:
+        stats.seconds = time.time() - t0
+        return Embeddings(cache, flip), stats
+
+    model.module.to(device)
+    if device.type == "cuda":
+        model.module.to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        _Faces(images, order),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    progress(0, total=len(order))
+    last_flush = time.time()
+    try:
+        for idx, tensors, errors in loader:
+            bad = [(order[i], e) for i, e in zip(idx, errors) if e]
+            if bad:
+                rel, why = bad[0]
+                raise LrfrError(f"cannot read {rel} under {images.describe().get('root', '?')}: {why}")
+            rels = [order[i] for i in idx]
+            x = torch.stack(tensors).to(device, non_blocking=True)
+            stats.images_loaded += len(rels)
+            for variant, miss in todo.items():
+                sel = [j for j, r in enumerate(rels) if r in miss]
+                if not sel:
+                    continue
+                xv = x[sel] if len(sel) != len(rels) else x
+                xv = _apply(variant, xv, [rels[j] for j in sel])
+                if device.type == "cuda":
+                    xv = xv.contiguous(memory_format=torch.channels_last)
+                sel_rels = [rels[j] for j in sel]
+                cache.add(variant.name, sel_rels, fwd(model, xv, precision).cpu().numpy())
+                stats.forward_images += len(sel)
+                if flip:
+                    cache.add(variant.name + ".flip", sel_rels, fwd(model, xv.flip(3), precision).cpu().numpy())
+                    stats.forward_images += len(sel)
+            progress(len(rels))
+            if time.time() - last_flush > FLUSH_SECONDS:
+                cache.flush()
+                last_flush = time.time()
+    finally:
+        cache.flush()  # keep finished work, also when interrupted
+    stats.seconds = time.time() - t0
+    return Embeddings(cache, flip), stats
+
+
+def _apply(variant: Variant, x: torch.Tensor, rels: list[str]) -> torch.Tensor:
+    spec = variant.spec
+    if spec is None or spec.size >= x.shape[-2] and not (spec.blur or spec.noise or spec.jpeg):
+        return x
+    if spec.noise > 0:
+        # Noise is a function of (seed, image path): identical to `lrfr degrade` of the same file.
+        return torch.cat(
+            [degrade_batch(x[i : i + 1], spec, key_generator(variant.seed, r, x.device)) for i, r in enumerate(rels)]
+        )
+    return degrade_batch(x, spec)

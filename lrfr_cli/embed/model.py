@@ -1,0 +1,242 @@
+"""Loading a model to evaluate: one of our runs, or an external IResNet checkpoint.
+
+Checkpoints are data, so they are read with ``weights_only=True`` (through
+:func:`lrfr_cli.engine.load_checkpoint`). Everything a user can get wrong (wrong path, wrong
+``--backbone``, a head-only file) becomes one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine import load_checkpoint
+from ..errors import LrfrError
+from ..models import BACKBONES, INPUT_SIZE, build_backbone
+from ..workspace import fingerprint_file
+
+CHECKPOINT_CHOICES = ("auto", "best", "last")
+_PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
+
+
+@dataclass
+class LoadedModel:
+    """A backbone ready for inference plus what identifies it in caches and eval JSON."""
+
+    module: nn.Module
+    name: str  # run name or checkpoint file stem
+    backbone: str
+    embedding_size: int
+    checkpoint: Path
+    sha1: str
+    source: str  # "run" | "external"
+    input_size: int = INPUT_SIZE
+    channel_order: str = "rgb"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cache_id(self) -> str:
+        """Folder name under ``embeddings/``: the content hash decides, the name is for humans."""
+        return f"{_safe(self.name)}-{self.sha1[:12]}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "backbone": self.backbone,
+            "embedding_size": self.embedding_size,
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha1": self.sha1,
+            "input_size": self.input_size,
+            "channel_order": self.channel_order,
+        }
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+
+
+def _find_run_dir(spec: str, ws_root: Path) -> Path | None:
+    cands = [Path(spec).expanduser()]
+    if not Path(spec).is_absolute():
+        cands += [ws_root / spec, ws_root / "runs" / spec]
+    for c in cands:
+        if c.is_dir():
+            return c
+    return None
+
+
+def resolve_model(
+    spec: str,
+    ws_root: Path,
+    *,
+    backbone: str | None = None,
+    checkpoint: str = "auto",
+    channel_order: str = "rgb",
+) -> LoadedModel:
+    """``runs/RUN`` / ``RUN`` / a run folder (our checkpoints) or a ``.pt/.pth`` file (external)."""
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise LrfrError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINT_CHOICES)}")
+    if channel_order not in ("rgb", "bgr"):
+        raise LrfrError(f"--channel-order {channel_order!r}: choose rgb or bgr")
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return _load_external(p, backbone, channel_order)
+    run_dir = _find_run_dir(spec, ws_root)
+    if run_dir is None:
+        raise LrfrError(
+            f"--model {spec}: not a run folder (looked in {ws_root / 'runs'}) nor a checkpoint file; "
+            "pass runs/RUN from `lrfr train` or a .pt/.pth file with --backbone"
+        )
+    return _load_run(run_dir, backbone, checkpoint, channel_order)
+
+
+def _load_run(run_dir: Path, backbone: str | None, which: str, channel_order: str) -> LoadedModel:
+    ck_dir = run_dir / "checkpoints"
+    if which == "auto":
+        path = ck_dir / "best.pt" if (ck_dir / "best.pt").is_file() else ck_dir / "last.pt"
+    else:
+        path = ck_dir / f"{which}.pt"
+    if not path.is_file():
+        have = sorted(p.name for p in ck_dir.glob("*.pt")) if ck_dir.is_dir() else []
+        raise LrfrError(
+            f"run {run_dir} has no checkpoint {path.name} (found: {', '.join(have) or 'none'}); "
+            "train it first or pick --checkpoint last|best"
+        )
+    ckpt = load_checkpoint(path)
+    config: dict[str, Any] = {}
+    cfg_file = run_dir / "config.json"
+    if cfg_file.is_file():
+        try:
+            config = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise LrfrError(f"{cfg_file}: not valid JSON ({e})") from e
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+        config = ckpt["config"]
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise LrfrError(f"{path}: not an lrfr run checkpoint (no 'model' entry)")
+    bb = str(config.get("backbone") or backbone or "")
+    if not bb:
+        raise LrfrError(f"run {run_dir}: config.json names no backbone; pass --backbone")
+    if backbone and backbone.lower() != bb.lower():
+        raise LrfrError(f"--backbone {backbone}: run {run_dir.name} was trained with {bb}; drop --backbone")
+    emb = int(config.get("embedding_size", 512))
+    module = _build_and_load(bb, emb, _clean_state(ckpt["model"], path), path)
+    return LoadedModel(
+        module=module,
+        name=run_dir.name,
+        backbone=bb,
+        embedding_size=emb,
+        checkpoint=path,
+        sha1=fingerprint_file(path)["sha1"],
+        source="run",
+        input_size=int(config.get("input_size", INPUT_SIZE)),
+        channel_order=channel_order,
+        config=config,
+    )
+
+
+def _load_external(path: Path, backbone: str | None, channel_order: str) -> LoadedModel:
+    if not backbone:
+        raise LrfrError(f"--model {path} is a checkpoint file: say which network it is with --backbone ({', '.join(BACKBONES)})")
+    ckpt = load_checkpoint(path)
+    state = _extract_state(ckpt, path)
+    state = _clean_state(state, path)
+    emb = _infer_embedding_size(state)
+    module = _build_and_load(backbone, emb, state, path)
+    return LoadedModel(
+        module=module,
+        name=path.stem,
+        backbone=backbone.lower(),
+        embedding_size=emb,
+        checkpoint=path,
+        sha1=fingerprint_file(path)["sha1"],
+        source="external",
+        channel_order=channel_order,
+    )
+
+
+def _extract_state(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A bare state_dict (insightface), ``{"state_dict": ...}`` (AdaFace/Lightning) or ours."""
+    if not isinstance(ckpt, dict):
+        raise LrfrError(f"{path}: expected a state_dict (a mapping of tensors), got {type(ckpt).__name__}")
+    for key in ("state_dict", "model", "backbone"):
+        inner = ckpt.get(key)
+        if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    return ckpt
+
+
+def _clean_state(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict):
+        raise LrfrError(f"{path}: the model entry is not a state_dict")
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise LrfrError(f"{path}: holds no tensors; is it a checkpoint of a model?")
+    # Drop training-only parts (margin heads) that checkpoints of whole training modules carry.
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(("head.", "module.head.", "model.head."))}
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if tensors and all(k.startswith(prefix) for k in tensors):
+                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+                changed = True
+    return tensors
+
+
+def _infer_embedding_size(state: dict[str, torch.Tensor]) -> int:
+    for key in ("features.weight", "features.running_mean", "fc.weight", "bn.running_mean", "linear.weight"):
+        t = state.get(key)
+        if t is not None:
+            return int(t.shape[0])
+    return 512
+
+
+def _mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shapes
+
+
+def _guess_backbone(state: dict[str, torch.Tensor], emb: int, exclude: str) -> str | None:
+    """Which registered backbone the state_dict fits exactly (built on the meta device: free)."""
+    for name in BACKBONES:
+        if name == exclude:
+            continue
+        try:
+            with torch.device("meta"):
+                cand = build_backbone(name, emb)
+        except Exception:  # noqa: BLE001 - a backbone that cannot build on meta is simply not suggested
+            continue
+        if not any(_mismatch(cand, state)):
+            return name
+    return None
+
+
+def _build_and_load(backbone: str, emb: int, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    module = build_backbone(backbone, emb)
+    missing, unexpected, shapes = _mismatch(module, state)
+    # num_batches_tracked is bookkeeping; older exports lack it.
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+        guess = _guess_backbone(state, emb, backbone.lower())
+        hint = f"; it fits --backbone {guess}" if guess else "; is it a checkpoint of another network?"
+        raise LrfrError(f"checkpoint {path} does not match backbone {backbone}: {', '.join(parts)} keys{hint}")
+    module.load_state_dict(state, strict=False)
+    module.eval()
+    return module

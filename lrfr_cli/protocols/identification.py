@@ -1,0 +1,34 @@
+"""Closed-set identification scoring shared by SCface and TinyFace: rank-k and CMC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import metrics as M
+
+
+def identify(probe_emb: np.ndarray, probe_labels: list[Any], gallery_emb: np.ndarray, gallery_labels: list[Any],
+             max_rank: int = 20, ranks: tuple[int, ...] = (1, 5, 10, 20)) -> dict[str, Any]:
+    """Rank-k accuracies (fractions) and the CMC curve for rank 1..max_rank.
+
+    Probes whose identity is not in the gallery are excluded and counted (``unmatched_probes``).
+    """
+    labels = {l: i for i, l in enumerate(dict.fromkeys(list(gallery_labels) + list(probe_labels)))}
+    g = np.array([labels[l] for l in gallery_labels])
+    p = np.array([labels[l] for l in probe_labels])
+    sim = M.cosine_matrix(probe_emb, gallery_emb)
+    r = M.true_match_ranks(sim, p, g)
+    max_rank = min(max_rank, len(gallery_labels))
+    curve = M.cmc(r, max_rank)
+    out: dict[str, Any] = {
+        "probes": int((r > 0).sum()),
+        "unmatched_probes": int((r == 0).sum()),
+        "gallery": len(gallery_labels),
+        "cmc": [float(v) for v in curve],
+    }
+    for k in ranks:
+        if k <= max_rank:
+            out[f"rank{k}"] = float(curve[k - 1])
+    return out

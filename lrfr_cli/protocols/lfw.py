@@ -1,0 +1,198 @@
+"""LFW verification from ``pairs.txt``-format files (View 2's 10 folds, or View 1's single fold).
+
+Settings: ``hr-hr`` (both images as aligned), ``hr-lr`` (the FIRST image of every pair stays HR,
+the SECOND is down-sampled to each size and up-sampled back: a HR gallery vs a LR probe),
+``lr-lr`` (both degraded to the same size).
+
+Accuracy follows the LFW protocol: per fold, the threshold is chosen on the other folds and
+accuracy measured on the held-out one; mean ± std over folds. A file with a single fold (View 1's
+``pairsDevTest.txt``) takes its threshold from ``--threshold-pairs`` (by default the sibling
+``pairsDevTrain.txt``, the official View-1 training pairs). ROC AUC and TAR@FAR are computed on
+all pairs of the file together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embed import Embeddings, ImageSet, Variant
+from ..errors import LrfrError
+from . import metrics as M
+from .base import Plan, variant_for
+
+SETTINGS = ("hr-hr", "hr-lr", "lr-lr")
+LAYOUT = "ROOT/lfw-deepfunneled/<Name>/<Name>_0001.jpg (or ROOT/<Name>/<Name>_0001.jpg) and ROOT/pairs.txt"
+FARS = (1e-3,)
+
+
+@dataclass(frozen=True)
+class Pair:
+    rel1: str
+    rel2: str
+    same: bool
+    fold: int
+    line: int
+
+
+def image_prefix(root: Path) -> str:
+    """``lfw-deepfunneled/`` when ROOT is the dataset folder, ``""`` when it is the image folder."""
+    for sub in ("lfw-deepfunneled", "lfw_funneled", "lfw"):
+        if (root / sub).is_dir():
+            return sub + "/"
+    return ""
+
+
+def _rel(prefix: str, name: str, idx: int) -> str:
+    return f"{prefix}{name}/{name}_{idx:04d}.jpg"
+
+
+def read_pairs(path: Path, prefix: str = "lfw-deepfunneled/") -> tuple[list[Pair], int]:
+    """Parse a pairs file; both line formats (``name i j`` and ``name1 i name2 j``), tabs or spaces.
+
+    Header ``F N`` means F folds of N matched then N mismatched pairs; a single number ``N`` (View 1)
+    means one fold; no header means one fold. Every malformed line is reported as ``file:line``.
+    """
+    if not path.is_file():
+        raise LrfrError(f"pairs file {path} does not exist")
+    lines = path.read_text(errors="replace").splitlines()
+    pairs: list[Pair] = []
+    start = 0
+    n_folds, per_fold = 1, None
+    head = lines[0].split() if lines else []
+    if head and all(t.isdigit() for t in head) and len(head) in (1, 2):
+        start = 1
+        if len(head) == 2:
+            n_folds, per_fold = int(head[0]), 2 * int(head[1])
+        else:
+            per_fold = 2 * int(head[0])
+    body = [(i + 1, ln) for i, ln in enumerate(lines) if i >= start and ln.strip()]
+    for k, (lineno, ln) in enumerate(body):
+        t = ln.split()
+        try:
+            if len(t) == 3:
+                p = Pair(_rel(prefix, t[0], int(t[1])), _rel(prefix, t[0], int(t[2])), True, 0, lineno)
+            elif len(t) == 4:
+                p = Pair(_rel(prefix, t[0], int(t[1])), _rel(prefix, t[2], int(t[3])), t[0] == t[2], 0, lineno)
+            else:
+                raise ValueError
+        except ValueError:
+            raise LrfrError(
+                f"{path}:{lineno}: expected 'name i j' (same person) or 'name1 i name2 j' (different people), got {ln.strip()!r}"
+            ) from None
+        fold = k // per_fold if per_fold else 0
+        pairs.append(Pair(p.rel1, p.rel2, p.same, fold, lineno))
+    if not pairs:
+        raise LrfrError(f"{path}: no pairs found")
+    if per_fold and len(pairs) != n_folds * per_fold:
+        raise LrfrError(f"{path}: header promises {n_folds} fold(s) of {per_fold} pairs, found {len(pairs)} pairs")
+    return pairs, n_folds
+
+
+def check_images(root: Path, pairs: list[Pair], path: Path) -> None:
+    for p in pairs:
+        for rel in (p.rel1, p.rel2):
+            if not (root / rel).is_file():
+                raise LrfrError(f"{path}:{p.line}: image {rel} not found under {root} (expected layout {LAYOUT})")
+
+
+def default_threshold_pairs(pairs_file: Path) -> Path | None:
+    cand = pairs_file.with_name(pairs_file.name.replace("DevTest", "DevTrain"))
+    return cand if cand != pairs_file and cand.is_file() else None
+
+
+def plan_lfw(
+    images: ImageSet,
+    root: Path,
+    pairs_file: Path,
+    *,
+    setting: str,
+    sizes: list[int],
+    input_size: int,
+    method: str,
+    blur: float = 0.0,
+    noise: float = 0.0,
+    jpeg: int | None = None,
+    seed: int = 0,
+    threshold_pairs: Path | None = None,
+) -> Plan:
+    if setting not in SETTINGS:
+        raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
+    prefix = image_prefix(root)
+    pairs, n_folds = read_pairs(pairs_file, prefix)
+    check_images(root, pairs, pairs_file)
+    thr_pairs: list[Pair] = []
+    if n_folds == 1:
+        threshold_pairs = threshold_pairs or default_threshold_pairs(pairs_file)
+        if threshold_pairs is not None:
+            thr_pairs, _ = read_pairs(threshold_pairs, prefix)
+            check_images(root, thr_pairs, threshold_pairs)
+    if setting == "hr-hr":
+        sizes = [input_size]
+    variants = {s: variant_for(s, input_size, method, blur=blur, noise=noise, jpeg=jpeg, seed=seed) for s in sizes}
+    hr = Variant(None)
+
+    def sides(v: Variant) -> tuple[Variant, Variant]:
+        return (hr, v) if setting == "hr-lr" else (v, v)
+
+    requests: dict[Variant, list[str]] = {}
+    everything = pairs + thr_pairs
+    for s in sizes:
+        a, b = sides(variants[s])
+        requests.setdefault(a, []).extend(p.rel1 for p in everything)
+        requests.setdefault(b, []).extend(p.rel2 for p in everything)
+    requests = {v: list(dict.fromkeys(r)) for v, r in requests.items()}
+
+    if n_folds > 1:
+        how = f"{n_folds}-fold: threshold chosen on {n_folds - 1} folds, accuracy on the held-out fold"
+    elif thr_pairs:
+        how = f"threshold chosen on {threshold_pairs.name} ({len(thr_pairs)} pairs), accuracy on {pairs_file.name}"
+    else:
+        how = "no threshold pairs: 10-fold cross-validation within the file (interleaved folds)"
+
+    def score(emb: Embeddings) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        y = np.array([p.same for p in pairs])
+        for s in sizes:
+            a, b = sides(variants[s])
+            sc = M.pair_cosine(emb.get(a, [p.rel1 for p in pairs]), emb.get(b, [p.rel2 for p in pairs]))
+            res: dict[str, Any] = {"size": s, "variant": variants[s].describe(), "pairs": len(pairs)}
+            if n_folds > 1:
+                kf = M.kfold_accuracy(sc, y, np.array([p.fold for p in pairs]))
+            elif thr_pairs:
+                ty = np.array([p.same for p in thr_pairs])
+                ts = M.pair_cosine(emb.get(a, [p.rel1 for p in thr_pairs]), emb.get(b, [p.rel2 for p in thr_pairs]))
+                t, _ = M.best_threshold(ts, ty)
+                kf = M.KFoldResult(M.accuracy_at(sc, y, t), 0.0, [M.accuracy_at(sc, y, t)], [t])
+            else:
+                kf = M.kfold_accuracy(sc, y, np.arange(len(pairs)) % 10)
+            res.update(
+                accuracy=kf.accuracy,
+                accuracy_std=kf.std,
+                fold_accuracies=kf.fold_accuracies,
+                thresholds=kf.thresholds,
+                auc=M.roc_auc(sc, y),
+                tar_at_far={f"{f:g}": v for f, v in M.tar_at_far(sc, y, list(FARS)).items()},
+                mean_genuine=float(sc[y].mean()) if y.any() else None,
+                mean_impostor=float(sc[~y].mean()) if (~y).any() else None,
+            )
+            out[str(s)] = res
+        return out
+
+    return Plan(
+        dataset="lfw",
+        protocol=f"LFW pairs {pairs_file.name} ({len(pairs)} pairs: {int(sum(p.same for p in pairs))} same), {setting}; {how}",
+        images=images,
+        requests=requests,
+        score=score,
+        info={
+            "pairs_file": str(pairs_file),
+            "threshold_pairs": str(threshold_pairs) if thr_pairs else None,
+            "folds": n_folds,
+            "setting": setting,
+            "hr_side": {"hr-lr": "first image of each pair HR, second degraded", "lr-lr": "both degraded", "hr-hr": "both HR"}[setting],
+        },
+    )

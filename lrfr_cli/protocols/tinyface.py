@@ -1,0 +1,71 @@
+"""TinyFace identification: probes vs gallery (matches + distractors), rank-1/5/20.
+
+Layout (the dataset's own ``Testing_Set``)::
+
+    ROOT/Testing_Set/Probe/<id>_<n>.jpg
+    ROOT/Testing_Set/Gallery_Match/<id>_<n>.jpg
+    ROOT/Testing_Set/Gallery_Distractor/**/<anything>.jpg     no identity: never a correct match
+
+(ROOT may also be the ``Testing_Set`` folder itself.) The identity is the file name's number
+before the first underscore, as in the dataset's own evaluation. The faces are native
+low-resolution crops, resized to the input size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data.images import list_images
+from ..embed import Embeddings, Variant
+from ..errors import LrfrError
+from .base import Plan
+from .identification import identify
+from .sources import ResizedCrops
+
+LAYOUT = "ROOT/Testing_Set/{Probe,Gallery_Match}/<id>_<n>.jpg and ROOT/Testing_Set/Gallery_Distractor/"
+DISTRACTOR = "__distractor__"
+
+
+def _label(rel: str) -> str:
+    stem = Path(rel).stem
+    head = stem.split("_", 1)[0]
+    if not head.isdigit():
+        raise LrfrError(f"{rel}: TinyFace file names start with the identity number (<id>_<n>.jpg)")
+    return str(int(head))
+
+
+def plan_tinyface(root: Path, input_size: int = 112, distractors: bool = True) -> Plan:
+    base = root / "Testing_Set" if (root / "Testing_Set").is_dir() else root
+    probe_dir, match_dir, dis_dir = base / "Probe", base / "Gallery_Match", base / "Gallery_Distractor"
+    if not probe_dir.is_dir() or not match_dir.is_dir():
+        raise LrfrError(f"TinyFace not found at {root}; expected layout: {LAYOUT} (pass --data ROOT)")
+    probes = [p.relative_to(base).as_posix() for p in list_images(probe_dir)]
+    matches = [p.relative_to(base).as_posix() for p in list_images(match_dir)]
+    if not matches:
+        raise LrfrError(f"TinyFace gallery is empty: no images in {match_dir}")
+    if not probes:
+        raise LrfrError(f"TinyFace: no probe images in {probe_dir}")
+    dis: list[str] = []
+    if distractors:
+        if not dis_dir.is_dir():
+            raise LrfrError(f"TinyFace distractors not found at {dis_dir}; expected layout: {LAYOUT} (or --no-distractors)")
+        dis = [p.relative_to(base).as_posix() for p in list_images(dis_dir)]
+    p_labels = [_label(r) for r in probes]
+    g_rels = matches + dis
+    g_labels = [_label(r) for r in matches] + [DISTRACTOR] * len(dis)
+    hr = Variant(None)
+
+    def score(emb: Embeddings) -> dict[str, Any]:
+        res = identify(emb.get(hr, probes), p_labels, emb.get(hr, g_rels), g_labels, 20, (1, 5, 10, 20))
+        res["distractors"] = len(dis)
+        return {"native": res}
+
+    return Plan(
+        dataset="tinyface",
+        protocol=f"TinyFace identification: {len(probes)} probes vs {len(matches)} gallery + {len(dis)} distractors; rank-1/5/20",
+        images=ResizedCrops(root=base, name="tinyface", size=input_size),
+        requests={hr: probes + g_rels},
+        score=score,
+        info={"probes": len(probes), "gallery_match": len(matches), "distractors": len(dis)},
+    )
