@@ -74,14 +74,59 @@ def apply_transform(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def warp_face(img: np.ndarray, landmarks: np.ndarray, size: int | tuple[int, int] = 112) -> tuple[np.ndarray, np.ndarray]:
+BORDERS = {"reflect": cv2.BORDER_REFLECT, "replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
+INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
+
+
+def template_with_margin(size: int | tuple[int, int] = 112, margin: float = 0.0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Template points for ``size`` shrunk about the crop centre so ``margin`` more output pixels
+    of context show on each side (0 = the standard template; models trained on ArcFace crops
+    expect 0)."""
+    tpl, (w, h) = template_for(size)
+    if margin:
+        if margin < 0 or 2 * margin >= min(w, h):
+            raise LrfrError(f"--margin {margin}: expected 0 <= margin < {min(w, h) / 2:g} output pixels")
+        centre = np.array([w / 2.0, h / 2.0])
+        tpl = centre + (tpl - centre) * (min(w, h) / (min(w, h) + 2.0 * margin))
+    return tpl, (w, h)
+
+
+def fit_error(m: np.ndarray, landmarks: np.ndarray, template: np.ndarray) -> float:
+    """Mean distance (output pixels) between the landmarks mapped by ``m`` and the template: how
+    far the face's geometry is from the template's after the best similarity (pose, expression,
+    detector noise)."""
+    return float(np.linalg.norm(apply_transform(m, landmarks) - template, axis=1).mean())
+
+
+def warp_face(
+    img: np.ndarray,
+    landmarks: np.ndarray,
+    size: int | tuple[int, int] = 112,
+    *,
+    margin: float = 0.0,
+    border: str = "reflect",
+    interpolation: str = "linear",
+) -> tuple[np.ndarray, np.ndarray]:
     """Warp ``img`` (HxWx3 uint8) so ``landmarks`` (5x2) land on the template.
 
-    Returns the aligned face and the 2x3 transform. Bilinear sampling; borders are replicated
-    rather than black so a face near the image edge does not get a black wedge.
+    Returns the aligned face and the 2x3 transform. Bilinear sampling and a reflected border by
+    default: that is how the shared ``celeba_subset`` training faces were made (OpenCV
+    ``warpAffine``, reflect border), and test faces must be made the same way. ``replicate``
+    and ``constant`` (black) borders are available for other conventions.
     """
     lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-    tpl, (w, h) = template_for(size)
+    tpl, (w, h) = template_with_margin(size, margin)
     m = umeyama(lm, tpl)
-    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if border not in BORDERS:
+        raise LrfrError(f"border {border!r}: choose one of {', '.join(BORDERS)}")
+    if interpolation not in INTERPOLATIONS:
+        raise LrfrError(f"interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+    out = cv2.warpAffine(img, m, (w, h), flags=INTERPOLATIONS[interpolation], borderMode=BORDERS[border])
     return out, m
+
+
+def warp_with_matrix(
+    img: np.ndarray, m: np.ndarray, size: tuple[int, int], *, border: str = "reflect", interpolation: str = "linear"
+) -> np.ndarray:
+    """Warp with a given 2x3 matrix (crop fallbacks that have no landmarks)."""
+    return cv2.warpAffine(img, m, size, flags=INTERPOLATIONS[interpolation], borderMode=BORDERS[border])
