@@ -35,12 +35,12 @@ def _key(meta: dict[str, Any]) -> str:
 class EmbeddingCache:
     """Read-modify-write store of embeddings for one model and one image set."""
 
-    def __init__(self, ws: Workspace, model_id: str, image_set: str, meta: dict[str, Any], *, enabled: bool = True):
+    def __init__(self, ws: Workspace, model_id: str, image_set: str, meta: dict[str, Any], *, refresh: bool = False):
         self.artifact: Artifact = ws.artifact("embeddings", model_id, image_set)
         self.dir = self.artifact.path
         self.meta = meta
         self.key = _key(meta)
-        self.enabled = enabled
+        self.refresh = refresh  # --force: recompute what is asked for, keep the rest
         self._data: dict[str, tuple[list[str], list[np.ndarray], dict[str, int]]] = {}
         self._dirty: set[str] = set()
         self._valid: bool | None = None
@@ -58,7 +58,7 @@ class EmbeddingCache:
         keys: list[str] = []
         rows: list[np.ndarray] = []
         path = self.dir / f"{fname}.npz"
-        if self.enabled and self._check_valid() and path.is_file():
+        if self._check_valid() and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
                     keys = [str(k) for k in z["keys"]]
@@ -77,7 +77,7 @@ class EmbeddingCache:
         seen: set[str] = set()
         out = []
         for r in rels:
-            if r not in index and r not in seen:
+            if (self.refresh or r not in index) and r not in seen:
                 seen.add(r)
                 out.append(r)
         return out
@@ -105,8 +105,8 @@ class EmbeddingCache:
         self._dirty.add(fname)
 
     def flush(self) -> None:
-        """Write every changed file atomically (no-op when caching is disabled)."""
-        if not self.enabled or not self._dirty:
+        """Write every changed file atomically."""
+        if not self._dirty:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self._check_valid():

@@ -1,0 +1,264 @@
+"""``lrfr eval``: a model under the published low-resolution protocols → ``evals/RUN/<name>.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..data.degrade import METHOD_HELP, METHODS, parse_sizes
+from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, resolve_model
+from ..engine import resolve_device, resolve_precision
+from ..errors import LrfrError
+from ..models import BACKBONES
+from ..protocols.base import Plan
+from ..protocols.lfw import SETTINGS, plan_lfw
+from ..protocols.scface import parse_distances, plan_scface
+from ..protocols.sources import AlignedFolder, LfwCenterCrop
+from ..protocols.survface import plan_survface
+from ..protocols.tinyface import plan_tinyface
+from ..workspace import Workspace, atomic_write_json, git_commit, package_versions
+from ._common import handle_errors, state, workspace
+
+DATASETS = ("lfw", "scface", "survface", "tinyface")
+ALIGNS = ("mtcnn", "center-crop", "none")
+_DEFAULT_DIRS = {"lfw": "lfw", "scface": "scface", "survface": "QMUL-SurvFace", "tinyface": "tinyface"}
+
+
+def _data_root(dataset: str, data: Optional[Path]) -> Path:
+    if data is not None:
+        return data.expanduser()
+    base = Path(os.environ.get("LRFR_DATA", "data")).expanduser()
+    return base / _DEFAULT_DIRS[dataset]
+
+
+def _lfw_images(root: Path, align: str, rels: list[str], ws: Workspace, device: str, workers: int, st: Any) -> tuple[Any, dict[str, Any]]:
+    """The LFW faces as the network will see them, aligned as the training faces were."""
+    center = LfwCenterCrop(root)
+    if align == "center-crop":
+        return center, {"align": "center-crop", "note": "fixed similarity warp of the deep-funneled image (median MTCNN landmarks) to the ArcFace template"}
+    if align == "none":
+        return AlignedFolder(root=root, name="lfw-prealigned-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10], how="none (images already aligned; resized to the input size if needed)"), {"align": "none"}
+    try:
+        from ..align.pipeline import align_tree
+    except ImportError as e:  # pragma: no cover - the aligner ships with lrfr
+        raise LrfrError(f"MTCNN alignment is unavailable ({e}); use --align center-crop") from e
+    art = ws.artifact("aligned", "lfw-mtcnn")
+    with art.lock():
+        with st.progress("align LFW (MTCNN)", total=len(rels)) as progress:
+            res = align_tree(root, art.path, rels, size=112, select="center", device=device, workers=workers, progress=progress)
+    failed = frozenset(r for r, _ in res.failures)
+    if failed:
+        st.warn(f"MTCNN found no face in {len(failed)} of {len(rels)} LFW images; those use the center-crop warp")
+    images = AlignedFolder(root=art.path, name="lfw-mtcnn", fallback_rels=failed, fallback=center,
+                           how="mtcnn (lrfr align recipe: MTCNN 5 points + Umeyama to the ArcFace template, face nearest the centre)")
+    return images, {"align": "mtcnn", "aligned_set": str(art.path), "mtcnn_failures": len(failed), "fallback": "center-crop"}
+
+
+def _output_name(dataset: str, setting: str, pairs: Optional[Path], distances: list[int]) -> str:
+    name = dataset
+    if dataset == "lfw":
+        if pairs is not None and pairs.name != "pairs.txt":
+            name += "-" + pairs.stem
+        if setting != "hr-lr":
+            name += "-" + setting
+    return name
+
+
+@handle_errors
+def eval_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(DATASETS)}."),
+    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth) with --backbone."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface/AdaFace IResNet state dicts for ir*)."),
+    checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default $LRFR_DATA/lfw, /scface, /QMUL-SurvFace, /tinyface)."),
+    sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help="LFW: probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),
+    setting: str = typer.Option("hr-lr", "--setting", help="LFW: hr-hr, hr-lr (first image HR, second degraded to each size) or lr-lr (both degraded)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW: pairs file in pairs.txt format (default ROOT/pairs.txt, View 2); e.g. pairsDevTest.txt for View 1."),
+    threshold_pairs: Optional[Path] = typer.Option(None, "--threshold-pairs", help="LFW, single-fold pairs files: pairs to choose the threshold on (default: pairsDevTrain.txt beside pairsDevTest.txt)."),
+    align: str = typer.Option("mtcnn", "--align", help="LFW: mtcnn (as `lrfr align` made the training faces; cached in aligned/lfw-mtcnn), center-crop (fixed warp of the deep-funneled image; fast), none (already aligned)."),
+    distance: str = typer.Option("all", "--distance", help="SCface: probe distance 1 (4.20 m), 2 (2.60 m), 3 (1.00 m), a list like 1,2, or all."),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="SCface: folder with scface_mugshot.csv and scface_distance{1,2,3}.csv (default $LRFR_DATA/protocols/scface)."),
+    distractors: bool = typer.Option(True, "--distractors/--no-distractors", help="TinyFace: add Gallery_Distractor to the gallery (the official protocol)."),
+    method: str = typer.Option("bicubic", "--method", help=f"Down-sampling filter for LR probes. {METHOD_HELP}"),
+    blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma before down-sampling (as `lrfr degrade`)."),
+    noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std on the LR image (0..255), seeded per image path."),
+    jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="JPEG quality of the LR image."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed."),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising."),
+    channel_order: str = typer.Option("rgb", "--channel-order", help="Channel order the model expects: rgb (insightface, ours) or bgr (AdaFace checkpoints)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (CUDA) for the forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    workers: int = typer.Option(2, "--workers", "-j", min=0, help="Image decoding worker processes (0 = in the main process)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Output file evals/RUN/NAME.json (default: the dataset, plus pairs/setting when not the standard ones)."),
+    force: bool = typer.Option(False, "--force", help="Recompute embeddings instead of using the cache."),
+) -> None:
+    """Embed once (cached per model), score the protocol, write evals/RUN/<dataset>.json."""
+    st = state()
+    ws = workspace()
+    t0 = time.time()
+    dataset = dataset.strip().lower()
+    if dataset not in DATASETS:
+        raise LrfrError(f"--dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    if method not in METHODS:
+        raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if setting not in SETTINGS:
+        raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
+    if align not in ALIGNS:
+        raise LrfrError(f"--align {align!r}: choose one of {', '.join(ALIGNS)}")
+    distances = parse_distances(distance) if dataset == "scface" else []
+    size_list = parse_sizes(sizes)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    root = _data_root(dataset, data)
+
+    # Protocol first: bad data should fail before a model is loaded.
+    images_info: dict[str, Any] = {}
+    if dataset == "lfw":
+        if not root.is_dir():
+            raise LrfrError(f"LFW not found at {root}; expected layout: ROOT/lfw-deepfunneled/<Name>/<Name>_0001.jpg and ROOT/pairs.txt (pass --data ROOT)")
+        pairs_file = pairs if pairs is not None else root / "pairs.txt"
+        placeholder = LfwCenterCrop(root)
+        plan = plan_lfw(placeholder, root, pairs_file, setting=setting, sizes=size_list, input_size=112, method=method,
+                        blur=blur, noise=noise, jpeg=jpeg, seed=seed, threshold_pairs=threshold_pairs)
+    elif dataset == "scface":
+        lm_dir = landmarks or Path(os.environ.get("LRFR_DATA", "data")).expanduser() / "protocols" / "scface"
+        plan = plan_scface(root, lm_dir, distances)
+    elif dataset == "survface":
+        plan = plan_survface(root)
+    else:
+        plan = plan_tinyface(root, distractors=distractors)
+
+    loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order)
+    if loaded.input_size != 112:
+        raise LrfrError(f"model input size {loaded.input_size}: eval supports 112x112 models")
+    ws.ensure_writable()
+
+    if dataset == "lfw":
+        all_rels = list(dict.fromkeys(r for rels in plan.requests.values() for r in rels))
+        plan.images, images_info = _lfw_images(root, align, all_rels, ws, device=str(dev), workers=workers, st=st)
+    images_info = {**plan.images.describe(), **images_info}
+
+    cache_id = loaded.cache_id + ("" if prec == "fp32" else f"-{prec}")
+    cache = EmbeddingCache(ws, cache_id, plan.images.name,
+                           {"images": plan.images.describe(), "model_sha1": loaded.sha1, "precision": prec,
+                            "channel_order": loaded.channel_order}, refresh=force)
+    n_req = sum(len(v) for v in plan.requests.values())
+    with cache.artifact.lock():
+        with st.progress(f"embed {plan.dataset} ({len(plan.requests)} variant(s))", total=n_req) as progress:
+            emb, stats = embed(loaded, plan.images, plan.requests, cache, flip=flip, device=dev, precision=prec,
+                               batch_size=batch_size, workers=workers, progress=progress)
+    t1 = time.time()
+    results = plan.score(emb)
+    t2 = time.time()
+
+    out_name = name or _output_name(dataset, setting, pairs, distances)
+    out_path = ws.root / "evals" / loaded.name / f"{out_name}.json"
+    variants = sorted({v.describe() for v in plan.requests})
+    doc: dict[str, Any] = {
+        "command": "eval",
+        "dataset": dataset,
+        "protocol": plan.protocol,
+        "protocol_info": plan.info,
+        "model": {**loaded.describe(), "flip": flip, "precision": prec},
+        "images": images_info,
+        "degradation": {"method": method, "blur": blur, "noise": noise, "jpeg": jpeg, "seed": seed,
+                        "upsample": "bicubic back to the input size", "variants": variants},
+        "sizes": size_list if dataset == "lfw" else None,
+        "results": results,
+        "embeddings": {"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,
+                       "forward_images": stats.forward_images, "per_variant": stats.per_variant},
+        "timings": {"embed_s": round(t1 - t0, 3), "embed_pass_s": round(stats.seconds, 3), "score_s": round(t2 - t1, 3),
+                    "total_s": round(time.time() - t0, 3),
+                    "images_per_s": round(stats.forward_images / stats.seconds, 2) if stats.seconds > 0 and stats.forward_images else None},
+        "device": str(dev),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    doc["merged_with_previous"] = _merge_previous(out_path, doc)
+    atomic_write_json(out_path, doc)
+    doc["path"] = str(out_path)
+
+    st.table(_table(dataset, doc))
+    st.summary(_line(dataset, doc, out_path), doc)
+
+
+def _compat_key(doc: dict[str, Any]) -> str:
+    keep = {k: doc[k] for k in ("dataset", "protocol_info", "images", "degradation")}
+    keep["degradation"] = {k: v for k, v in keep["degradation"].items() if k != "variants"}
+    keep["model"] = {k: doc["model"][k] for k in ("checkpoint_sha1", "flip", "precision", "channel_order")}
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _merge_previous(path: Path, doc: dict[str, Any]) -> list[str]:
+    """Keep results of other sizes/distances from an earlier eval made the same way."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    try:
+        same = _compat_key(old) == _compat_key(doc)
+    except KeyError:
+        return []
+    if not same:
+        return []
+    added = [k for k in old.get("results", {}) if k not in doc["results"]]
+    for k in added:
+        doc["results"][k] = old["results"][k]
+    if doc["dataset"] == "lfw":
+        doc["results"] = dict(sorted(doc["results"].items(), key=lambda kv: int(kv[0])))
+        doc["sizes"] = sorted({int(k) for k in doc["results"]})
+    return added
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+def _table(dataset: str, doc: dict[str, Any]) -> Table:
+    t = Table(title=f"{doc['model']['name']} · {doc['protocol']}", title_justify="left")
+    res = doc["results"]
+    if dataset == "lfw":
+        for col in ("size", "accuracy %", "± std", "AUC %", "TAR@FAR=1e-3 %"):
+            t.add_column(col, justify="right")
+        for k, r in res.items():
+            t.add_row(f"{k} px", _pct(r["accuracy"]), _pct(r["accuracy_std"]), _pct(r["auc"]), _pct(r["tar_at_far"].get("0.001")))
+    elif dataset == "survface":
+        r = res["native"]
+        for col in ("pairs", "TAR@30%", "TAR@10%", "TAR@1%", "TAR@0.1%", "AUC %"):
+            t.add_column(col, justify="right")
+        tf = r["tar_at_far"]
+        t.add_row(str(r["pairs"]), _pct(tf["0.3"]), _pct(tf["0.1"]), _pct(tf["0.01"]), _pct(tf["0.001"]), _pct(r["auc"]))
+    else:
+        for col in ("set", "probes", "gallery", "rank-1 %", "rank-5 %", "rank-10 %", "rank-20 %"):
+            t.add_column(col, justify="right")
+        for k, r in res.items():
+            t.add_row(k, str(r["probes"]), str(r["gallery"]), _pct(r.get("rank1")), _pct(r.get("rank5")), _pct(r.get("rank10")), _pct(r.get("rank20")))
+    return t
+
+
+def _line(dataset: str, doc: dict[str, Any], out: Path) -> str:
+    res = doc["results"]
+    if dataset == "lfw":
+        body = ", ".join(f"{k}px {100 * r['accuracy']:.2f}%" for k, r in res.items())
+    elif dataset == "survface":
+        r = res["native"]
+        body = f"TAR@FAR=1% {100 * r['tar_at_far']['0.01']:.2f}%, AUC {100 * r['auc']:.2f}%"
+    else:
+        body = ", ".join(f"{k} rank-1 {100 * r['rank1']:.2f}%" for k, r in res.items())
+    e = doc["embeddings"]
+    return (f"[green]evaluated[/green] {doc['model']['name']} on {dataset}: {body} "
+            f"({e['computed']} embedded, {e['cached']} from cache, {doc['timings']['total_s']:.1f} s) → {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
