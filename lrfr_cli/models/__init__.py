@@ -15,6 +15,7 @@ from ..errors import LrfrError
 from .iresnet import IResNet, iresnet
 from .mobilefacenet import MobileFaceNet
 from .sphere import Sphere20
+from .tiny import TinyNet
 
 INPUT_SIZE = 112
 
@@ -24,6 +25,7 @@ _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
     "ir100": lambda e: iresnet("ir100", e),
     "sphere20": lambda e: Sphere20(e),
     "mobilefacenet": lambda e: MobileFaceNet(e),
+    "tiny": lambda e: TinyNet(e),
 }
 BACKBONES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -50,4 +52,4 @@ def preprocess(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5) / 0.5
 
 
-__all__ = ["BACKBONES", "INPUT_SIZE", "IResNet", "MobileFaceNet", "Sphere20", "build_backbone", "preprocess"]
+__all__ = ["BACKBONES", "INPUT_SIZE", "IResNet", "MobileFaceNet", "Sphere20", "TinyNet", "build_backbone", "preprocess"]

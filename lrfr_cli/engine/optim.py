@@ -1,0 +1,79 @@
+"""Optimisers and learning-rate schedules, as options rather than code per recipe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import LrfrError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "poly", "constant")
+
+
+def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: decaying BN/PReLU/biases just shrinks them for nothing."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for mod in modules:
+        for p in mod.parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(name: str, modules: Iterable[nn.Module], lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise LrfrError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if lr <= 0:
+        raise LrfrError(f"--lr {lr}: must be > 0")
+    groups = param_groups(modules, weight_decay)
+    if key == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Learning rate as a pure function of the step: linear warm-up, then the decay.
+
+    Being a pure function of ``step`` makes resume exact with nothing to restore but the step.
+    ``step``: ×``gamma`` at each fraction of the post-warm-up steps in ``milestones``;
+    ``poly``: ``(1 − t)^power``; ``cosine``: half a cosine down to ``min_lr``.
+    """
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    kind: str = "cosine"
+    min_lr: float = 0.0
+    milestones: tuple[float, ...] = (0.6, 0.85)
+    gamma: float = 0.1
+    power: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise LrfrError(f"unknown schedule {self.kind!r}; choose one of: {', '.join(SCHEDULES)}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        if self.kind == "constant":
+            return self.base_lr
+        if self.kind == "step":
+            return self.base_lr * self.gamma ** sum(t >= m for m in self.milestones)
+        if self.kind == "poly":
+            return self.min_lr + (self.base_lr - self.min_lr) * (1.0 - t) ** self.power
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}

@@ -1,0 +1,30 @@
+"""Plain softmax: an un-normalised linear classifier ``W x + b`` (the baseline with no margin)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SoftmaxHead(nn.Module):
+    """Logits ``W x + b``; accepts (and ignores) a margin so it is interchangeable with margin heads."""
+
+    name = "softmax"
+
+    def __init__(self, embedding_size: int, num_classes: int, **_: float) -> None:
+        super().__init__()
+        self.embedding_size = embedding_size
+        self.num_classes = num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, margin: object = None) -> torch.Tensor:
+        return F.linear(embeddings.float(), self.weight.float(), self.bias.float())
+
+    def step(self, step: int) -> None:
+        pass
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: object = None) -> torch.Tensor:
+        return F.cross_entropy(self(embeddings, labels), labels)
