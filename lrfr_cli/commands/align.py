@@ -1,0 +1,140 @@
+"""``lrfr align``: raw photos → aligned 112x112 faces in ``<workspace>/aligned/NAME``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..align.pipeline import FALLBACKS, FORMATS, SELECTS, AlignConfig, align_tree, parse_size, parse_thresholds
+from ..data.images import list_images, parse_exts
+from ..engine import resolve_device
+from ..errors import LrfrError
+from ..workspace import fingerprint_tree
+from ._common import handle_errors, state, workspace
+from .make_list import resolve_input
+
+
+@handle_errors
+def align(
+    src: Path = typer.Argument(..., help="Folder of photos, usually identity folders SRC/<identity>/<photo>; the tree is mirrored."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output name: faces go to <workspace>/aligned/NAME/ (default: SRC's folder name)."),
+    size: str = typer.Option("112", "--size", help="Output size: 112 (ArcFace template), 96x112 (SphereFace/CosFace crop) or a square size such as 128 (template scaled)."),
+    select: str = typer.Option("largest", "--select", help="Photos with several faces: largest (biggest box), center (box nearest the photo centre) or all (writes NAME_0.jpg, NAME_1.jpg, ... largest first)."),
+    min_face: int = typer.Option(30, "--min-face", help="MTCNN's smallest face searched for, in pixels of the detection image (see --max-side). Faces below ~20 px cannot be detected: use --assume-cropped."),
+    min_prob: float = typer.Option(0.95, "--min-prob", help="Keep faces whose detection probability is at least this."),
+    thresholds: str = typer.Option("0.6,0.7,0.7", "--thresholds", help="MTCNN's P-, R- and O-net thresholds."),
+    max_side: int = typer.Option(800, "--max-side", help="Photos are scaled so the longer side is at most this for detection (the warp always samples the full-resolution photo); 0 = never scale."),
+    margin: float = typer.Option(0.0, "--margin", help="Extra context in output pixels on each side (the template shrinks about the centre). 0 = the exact ArcFace crop most models expect."),
+    fallback: str = typer.Option("none", "--fallback", help="Photos without a face: none (only listed in failures.csv) or center-crop (also write a centred crop, marked 'fallback' in landmarks.csv)."),
+    assume_cropped: bool = typer.Option(False, "--assume-cropped", help="Inputs are tight face crops (e.g. 16-24 px surveillance faces, too small for MTCNN): map each crop onto the template's face box without detection."),
+    fmt: str = typer.Option("jpg", "--format", help="Output format: jpg (quality --quality; what the training data uses) or png (lossless)."),
+    quality: int = typer.Option(92, "--quality", help="JPEG quality of the written faces."),
+    device: str = typer.Option("auto", "--device", help="Where MTCNN runs: auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Same-size photos detected together in one MTCNN pass."),
+    workers: int = typer.Option(-1, "--workers", "-j", help="Decode processes; -1 = one per core beyond the first (at least 1), 0 = decode in the main process."),
+    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    force: bool = typer.Option(False, "--force", help="Redo an artifact that is complete, or was made with other options."),
+) -> None:
+    """Detect faces (MTCNN, batched) and warp each onto the ArcFace template, resumably.
+
+    Photos without a face go to failures.csv; every face's box, landmarks and transform go to
+    landmarks.csv. A folder whose images are all already the output size is copied unchanged.
+    """
+    st = state()
+    ws = workspace()
+    cfg = AlignConfig(
+        size=parse_size(size),
+        select=select,
+        min_face=min_face,
+        thresholds=parse_thresholds(thresholds),
+        min_prob=min_prob,
+        max_side=max_side,
+        margin=margin,
+        fallback=fallback,
+        assume_cropped=assume_cropped,
+        fmt=fmt,
+        quality=quality,
+    ).validate()
+    if batch_size < 1:
+        raise LrfrError(f"--batch-size {batch_size}: expected >= 1")
+    dev = resolve_device(device)
+    src = resolve_input(src, ws.root)
+    name = out or src.name
+    images = list_images(src, parse_exts(ext))
+    if not images:
+        raise LrfrError(f"{src}: no images found (looked for {', '.join(parse_exts(ext))} recursively); point SRC at a folder of photos")
+    if workers < 0:
+        import os
+
+        workers = max(1, (os.cpu_count() or 1) - 1)
+    ws.ensure_writable()
+    rels = [p.relative_to(src).as_posix() for p in images]
+    art = ws.artifact("aligned", name)
+    t0 = time.time()
+    with art.run("align", cfg.to_dict(), {"src": fingerprint_tree(src, images)}, force=force) as run:
+        if run.skipped:
+            c = run.counts
+            st.summary(
+                f"[green]up to date[/green] aligned/{name}: {c.get('faces')} faces from {c.get('images')} images (--force to redo)",
+                {"command": "align", "name": name, "path": str(art.path), "up_to_date": True, **c},
+            )
+            return
+        if run.resumed:
+            st.info(f"resuming aligned/{name} (faces already written are kept)")
+        with st.progress(f"align {name}", total=len(rels)) as progress:
+            res = align_tree(
+                src,
+                art.path,
+                rels,
+                device=str(dev),
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+                **{k: v for k, v in cfg.__dict__.items()},
+            )
+        counts = {
+            "images": res.images,
+            "faces": res.faces,
+            "written": res.written,
+            "already_done": res.already_done,
+            "failed": len(res.failures),
+            "fallbacks": res.fallbacks,
+            "passthrough": res.passthrough,
+            "mean_fit_error_px": None if res.mean_fit_error is None else round(res.mean_fit_error, 3),
+        }
+        run.record(**counts, failures=[f"{r}: {w}" for r, w in res.failures[:1000]], device=str(dev))
+    seconds = time.time() - t0
+    rate = res.images / seconds if seconds > 0 else 0.0
+    if res.note:
+        st.info(f"note: {res.note}")
+    if res.failures:
+        r, why = res.failures[0]
+        st.warn(f"{len(res.failures)} image(s) without an aligned face (listed in {art.path / 'failures.csv'}), e.g. {r}: {why}")
+    fb = f", {res.fallbacks} centre-crop fallbacks" if res.fallbacks else ""
+    st.summary(
+        f"[green]aligned[/green] {res.images} images → {res.faces} faces{fb}, {len(res.failures)} failed, "
+        f"in {seconds:.1f} s ({rate:,.1f} img/s on {dev}) → {art.path}",
+        {
+            "command": "align",
+            "name": name,
+            "path": str(art.path),
+            "up_to_date": False,
+            "resumed": run.resumed,
+            **counts,
+            "failures": [{"path": r, "reason": w} for r, w in res.failures],
+            "seconds": round(seconds, 3),
+            "images_per_s": round(rate, 3),
+            "device": str(dev),
+            "size": list(cfg.out_wh),
+        },
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("align")(align)
+
+
+__all__ = ["align", "register", "SELECTS", "FALLBACKS", "FORMATS"]
