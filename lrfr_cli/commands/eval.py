@@ -24,7 +24,7 @@ from ..protocols.scface import parse_distances, plan_scface
 from ..protocols.sources import AlignedFolder, LfwCenterCrop
 from ..protocols.survface import plan_survface
 from ..protocols.tinyface import plan_tinyface
-from ..workspace import Workspace, atomic_write_json, git_commit, package_versions
+from ..workspace import Workspace, atomic_write_text, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 
 DATASETS = ("lfw", "scface", "survface", "tinyface")
@@ -185,7 +185,8 @@ def eval_cmd(
         "git_commit": git_commit(),
     }
     doc["merged_with_previous"] = _merge_previous(out_path, doc)
-    atomic_write_json(out_path, doc)
+    # Not atomic_write_json: it sorts keys, and sizes should read 8, 12, 16 ... not 112, 12, 16.
+    atomic_write_text(out_path, json.dumps(doc, indent=2, default=str) + "\n")
     doc["path"] = str(out_path)
 
     st.table(_table(dataset, doc))
