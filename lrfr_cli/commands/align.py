@@ -40,8 +40,7 @@ def align(
 ) -> None:
     """Detect faces (MTCNN, batched) and warp each onto the ArcFace template, resumably.
 
-    Photos without a face go to failures.csv; every face's box, landmarks and transform go to
-    landmarks.csv. A folder whose images are all already the output size is copied unchanged.
+    Photos without a face go to failures.csv; every face's box, landmarks and transform go to landmarks.csv. A folder whose images are all already the output size is copied unchanged.
     """
     st = state()
     ws = workspace()
@@ -105,7 +104,7 @@ def align(
             "passthrough": res.passthrough,
             "mean_fit_error_px": None if res.mean_fit_error is None else round(res.mean_fit_error, 3),
         }
-        run.record(**counts, failures=[f"{r}: {w}" for r, w in res.failures[:1000]], device=str(dev))
+        run.record(**counts, failures=[{"path": r, "reason": w} for r, w in res.failures[:1000]], device=str(dev))
     seconds = time.time() - t0
     rate = res.images / seconds if seconds > 0 else 0.0
     if res.note:
