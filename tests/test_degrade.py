@@ -176,3 +176,20 @@ def test_corrupt_image_is_skipped_and_reported(cli, ws, tmp_path, data_dir):
     assert "broken.jpg" in csv_text and "notanimage.jpg" in csv_text
     m = json.loads((ws / "degraded" / src.name / "8px" / "manifest.json").read_text())
     assert m["status"] == "complete" and m["counts"]["failed"] == 2
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear", "area", "nearest"])
+def test_matrix_resize_equals_torch_interpolate(method):
+    """The separable-matmul resize is torch's own filter (read off F.interpolate), not an approximation."""
+    import torch.nn.functional as F
+
+    from lrfr_cli.data.degrade import _resize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 250, 240, generator=g) * 255
+    for hw in ((8, 8), (16, 15), (112, 107)):
+        kw = {"mode": method, "align_corners": False, "antialias": True} if method in ("bicubic", "bilinear") else {"mode": "area" if method == "area" else "nearest-exact"}
+        assert torch.allclose(_resize(x, hw, method), F.interpolate(x, size=hw, **kw), atol=5e-3)
+    small = torch.rand(1, 3, 8, 8, generator=g) * 255
+    up = F.interpolate(small, size=(112, 112), mode="bicubic", align_corners=False)
+    assert torch.allclose(_resize(small, (112, 112), "bicubic"), up, atol=5e-3)

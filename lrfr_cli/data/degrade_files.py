@@ -49,7 +49,7 @@ def _work(args: tuple[str, str, Sequence[tuple[DegradeSpec, str]], int, str]) ->
         if spec.size > img.shape[0]:
             return rel, written, existing, f"image height {img.shape[0]}px is smaller than {spec.size}px"
         lr = degrade_array(img, spec, seed=seed, key=rel)
-        with atomic_path(out) as tmp:
+        with atomic_path(out, fsync=False) as tmp:
             save_rgb(tmp, lr, jpeg_quality=95)
         written.append(spec.size)
     return rel, written, existing, None
@@ -105,5 +105,6 @@ def degrade_tree(
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx) as pool:
             for out in pool.map(_work, tasks, chunksize=16):
                 consume(out)
+    os.sync()  # one flush for the whole tree instead of an fsync per image
     result.failures.sort()
     return result
