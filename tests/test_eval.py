@@ -202,10 +202,16 @@ def test_checkpoint_of_another_backbone(cli, ws, tmp_path) -> None:
     torch.save(sd, f)
     with pytest.raises(LrfrError, match=r"does not match backbone mobilefacenet.*fits --backbone ir18"):
         resolve_model(str(f), ws, backbone="mobilefacenet")
-    r = cli(ws, "eval", "--dataset", "tinyface", "--model", str(f), "--backbone", "ir50", "--data", str(tmp_path / "x"))
-    assert r.exit_code == 2  # the dataset is checked first: still one clean line
-    with pytest.raises(LrfrError, match="--backbone"):
-        resolve_model(str(f), ws)  # an external checkpoint needs --backbone
+    base = tmp_path / "tf" / "Testing_Set"
+    for rel in ("Probe/1_1.jpg", "Gallery_Match/1_2.jpg"):
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(b"")
+    r = cli(ws, "eval", "--dataset", "tinyface", "--no-distractors", "--model", str(f), "--backbone", "mobilefacenet", "--data", str(tmp_path / "tf"))
+    out = r.stdout + r.stderr
+    assert r.exit_code == 2 and "does not match backbone mobilefacenet" in out and "ir18" in out
+    assert len(out.strip().splitlines()) == 1 and "Traceback" not in out
+    with pytest.raises(LrfrError, match="unknown backbone 'nosuchnet'"):
+        resolve_model(str(f), ws, backbone="nosuchnet")
 
 
 def test_external_checkpoint_formats_load_the_same_weights(ws, tmp_path) -> None:

@@ -76,7 +76,7 @@ def _output_name(dataset: str, setting: str, pairs: Optional[Path], distances: l
 def eval_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(DATASETS)}."),
     model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth) with --backbone."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface/AdaFace IResNet state dicts for ir*)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface and AdaFace IResNet state dicts for ir*); default: the one whose parameters fit."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default $LRFR_DATA/lfw, /scface, /QMUL-SurvFace, /tinyface)."),
     sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help="LFW: probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),
@@ -93,7 +93,7 @@ def eval_cmd(
     jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="JPEG quality of the LR image."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising."),
-    channel_order: str = typer.Option("rgb", "--channel-order", help="Channel order the model expects: rgb (insightface, ours) or bgr (AdaFace checkpoints)."),
+    channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, else rgb), rgb (insightface, ours) or bgr."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (CUDA) for the forward pass."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),

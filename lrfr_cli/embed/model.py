@@ -19,8 +19,10 @@ from ..engine import load_checkpoint
 from ..errors import LrfrError
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
 from ..workspace import fingerprint_file
+from . import adaface
 
 CHECKPOINT_CHOICES = ("auto", "best", "last")
+CHANNEL_ORDERS = ("auto", "rgb", "bgr")  # auto: bgr for AdaFace-layout checkpoints, else rgb
 _PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
 
 
@@ -77,13 +79,13 @@ def resolve_model(
     *,
     backbone: str | None = None,
     checkpoint: str = "auto",
-    channel_order: str = "rgb",
+    channel_order: str = "auto",
 ) -> LoadedModel:
     """``runs/RUN`` / ``RUN`` / a run folder (our checkpoints) or a ``.pt/.pth`` file (external)."""
     if checkpoint not in CHECKPOINT_CHOICES:
         raise LrfrError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINT_CHOICES)}")
-    if channel_order not in ("rgb", "bgr"):
-        raise LrfrError(f"--channel-order {channel_order!r}: choose rgb or bgr")
+    if channel_order not in CHANNEL_ORDERS:
+        raise LrfrError(f"--channel-order {channel_order!r}: choose one of {', '.join(CHANNEL_ORDERS)}")
     p = Path(spec).expanduser()
     if p.is_file():
         return _load_external(p, backbone, channel_order)
@@ -93,7 +95,7 @@ def resolve_model(
             f"--model {spec}: not a run folder (looked in {ws_root / 'runs'}) nor a checkpoint file; "
             "pass runs/RUN from `lrfr train` or a .pt/.pth file with --backbone"
         )
-    return _load_run(run_dir, backbone, checkpoint, channel_order)
+    return _load_run(run_dir, backbone, checkpoint, "rgb" if channel_order == "auto" else channel_order)
 
 
 def _load_run(run_dir: Path, backbone: str | None, which: str, channel_order: str) -> LoadedModel:
@@ -142,12 +144,22 @@ def _load_run(run_dir: Path, backbone: str | None, which: str, channel_order: st
 
 
 def _load_external(path: Path, backbone: str | None, channel_order: str) -> LoadedModel:
-    if not backbone:
-        raise LrfrError(f"--model {path} is a checkpoint file: say which network it is with --backbone ({', '.join(BACKBONES)})")
     ckpt = load_checkpoint(path)
-    state = _extract_state(ckpt, path)
-    state = _clean_state(state, path)
+    state = _clean_state(_extract_state(ckpt, path), path)
+    layout = "insightface"
+    if adaface.is_adaface_layout(state):
+        state, detected = adaface.convert(state)
+        layout = "adaface"
+        if backbone and backbone.lower() != detected:
+            raise LrfrError(f"checkpoint {path} is an AdaFace {detected} (by its block count), not {backbone}; use --backbone {detected}")
+        backbone = detected
     emb = _infer_embedding_size(state)
+    if not backbone:
+        backbone = _guess_backbone(state, emb, exclude="")
+        if backbone is None:
+            raise LrfrError(f"--model {path}: no registered backbone fits this state_dict; name it with --backbone ({', '.join(BACKBONES)})")
+    if channel_order == "auto":
+        channel_order = "bgr" if layout == "adaface" else "rgb"
     module = _build_and_load(backbone, emb, state, path)
     return LoadedModel(
         module=module,
@@ -158,6 +170,7 @@ def _load_external(path: Path, backbone: str | None, channel_order: str) -> Load
         sha1=fingerprint_file(path)["sha1"],
         source="external",
         channel_order=channel_order,
+        config={"layout": layout},
     )
 
 
@@ -200,7 +213,8 @@ def _infer_embedding_size(state: dict[str, torch.Tensor]) -> int:
 
 def _mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
+    # num_batches_tracked is BN bookkeeping that older exports lack.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     return missing, unexpected, shapes
@@ -224,8 +238,6 @@ def _guess_backbone(state: dict[str, torch.Tensor], emb: int, exclude: str) -> s
 def _build_and_load(backbone: str, emb: int, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     module = build_backbone(backbone, emb)
     missing, unexpected, shapes = _mismatch(module, state)
-    # num_batches_tracked is bookkeeping; older exports lack it.
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected or shapes:
         parts = []
         if missing:
