@@ -351,3 +351,32 @@ def test_trained_model_beats_chance_and_hr_beats_8px(cli, data_dir, trained_mode
     assert res["112"]["accuracy"] > 0.62, res["112"]
     assert res["112"]["auc"] > 0.65
     assert res["112"]["accuracy"] > res["8"]["accuracy"] + 0.02, (res["112"]["accuracy"], res["8"]["accuracy"])
+
+
+def test_interrupted_embedding_pass_resumes(cli, ws, data_dir, lfw_small, monkeypatch) -> None:
+    """A Ctrl-C in the middle keeps the finished batches; the re-run embeds only the rest."""
+    _make_run(ws)
+    seen = {"images": 0, "calls": 0}
+
+    def dying_forward(model, x, precision):  # type: ignore[no-untyped-def]
+        seen["calls"] += 1
+        if seen["calls"] == 3:
+            raise KeyboardInterrupt
+        seen["images"] += int(x.shape[0])
+        return pixel_embedding(x)
+
+    monkeypatch.setattr(extract, "forward", dying_forward)
+    r = cli(ws, *_lfw_args(data_dir, lfw_small, "--sizes", "112", "--setting", "hr-hr", "--batch-size", "8"))
+    assert r.exit_code == 130 and "interrupted" in r.stdout + r.stderr
+    done = seen["images"]
+    assert done == 16
+    calls = {"images": 0}
+
+    def counting_forward(model, x, precision):  # type: ignore[no-untyped-def]
+        calls["images"] += int(x.shape[0])
+        return pixel_embedding(x)
+
+    monkeypatch.setattr(extract, "forward", counting_forward)
+    d = cli(ws, *_lfw_args(data_dir, lfw_small, "--sizes", "112", "--setting", "hr-hr", "--batch-size", "8")).json()
+    assert d["embeddings"]["cached"] == done
+    assert calls["images"] == d["embeddings"]["computed"] == d["embeddings"]["per_variant"]["hr"]["images"] - done

@@ -185,6 +185,8 @@ def eval_cmd(
         "git_commit": git_commit(),
     }
     doc["merged_with_previous"] = _merge_previous(out_path, doc)
+    if out_path.exists() and not doc["merged_with_previous"] and not _same_setup(out_path, doc):
+        st.warn(f"{out_path.name}: replacing results made with another model, alignment or degradation (use --name to keep both)")
     # Not atomic_write_json: it sorts keys, and sizes should read 8, 12, 16 ... not 112, 12, 16.
     atomic_write_text(out_path, json.dumps(doc, indent=2, default=str) + "\n")
     doc["path"] = str(out_path)
@@ -198,6 +200,13 @@ def _compat_key(doc: dict[str, Any]) -> str:
     keep["degradation"] = {k: v for k, v in keep["degradation"].items() if k != "variants"}
     keep["model"] = {k: doc["model"][k] for k in ("checkpoint_sha1", "flip", "precision", "channel_order")}
     return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _same_setup(path: Path, doc: dict[str, Any]) -> bool:
+    try:
+        return _compat_key(json.loads(path.read_text())) == _compat_key(doc)
+    except (OSError, json.JSONDecodeError, KeyError):
+        return False
 
 
 def _merge_previous(path: Path, doc: dict[str, Any]) -> list[str]:
