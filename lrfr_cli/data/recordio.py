@@ -62,7 +62,10 @@ def _frame(payload: bytes, cflag: int) -> bytes:
 
 def _frames(payload: bytes) -> bytes:
     """Split a payload at embedded magic numbers, as dmlc's writer does."""
-    parts = payload.split(_MAGIC_BYTES)
+    # Like dmlc's writer, split only where the magic sits at a 4-byte-aligned offset.
+    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i : i + 4] == _MAGIC_BYTES]
+    bounds = [0] + [c for cut in cuts for c in (cut, cut + 4)] + [len(payload)]
+    parts = [payload[bounds[i] : bounds[i + 1]] for i in range(0, len(bounds), 2)]
     if len(parts) == 1:
         return _frame(payload, 0)
     out = [_frame(parts[0], 1)] + [_frame(p, 2) for p in parts[1:-1]] + [_frame(parts[-1], 3)]
