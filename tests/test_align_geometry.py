@@ -185,7 +185,10 @@ def test_rotated_scaled_copy_aligns_back(data_dir: Path) -> None:
     back = apply_transform(np.linalg.inv(np.vstack([m_syn, [0, 0, 1]]))[:2], np.array(rec.landmarks))
     err = np.linalg.norm(back - lm0, axis=1)
     assert err.mean() < 3.0, err
+    print(f'rotated copy: landmark error {err.mean():.2f} px')
     # and the re-aligned face is the same image as aligning the original
-    ref = base.faces[0][0].astype(float)
-    corr = np.corrcoef(out.astype(float).ravel(), ref.ravel())[0, 1]
-    assert corr > 0.9
+    inner = (slice(24, 100), slice(24, 88))  # the face itself; borders differ by construction
+    ref = base.faces[0][0][inner].astype(float)
+    corr = np.corrcoef(out[inner].astype(float).ravel(), ref.ravel())[0, 1]
+    assert corr > 0.9, corr
+    assert np.abs(out[inner].astype(float) - ref).mean() < 20

@@ -132,11 +132,12 @@ class MtcnnDetector:
             return [Detections.empty() for _ in range(n)]
 
         boxes, inds = self._stage1(imgs, scales)
+        sat = integral_image(x.permute(0, 3, 1, 2)) if len(boxes) else None
         if len(boxes):
-            boxes, inds = self._stage2(imgs, boxes, inds)
+            boxes, inds = self._stage2(imgs, sat, boxes, inds)
         points = torch.zeros(0, 5, 2, device=self.device)
         if len(boxes):
-            boxes, inds, points = self._stage3(imgs, boxes, inds)
+            boxes, inds, points = self._stage3(imgs, sat, boxes, inds)
         return _split(boxes, inds, points, n)
 
     # ------------------------------------------------------------------ stages
@@ -180,8 +181,8 @@ class MtcnnDetector:
         )
         return _square(out), inds
 
-    def _stage2(self, imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        boxes, inds, crops = self._crops(imgs, boxes, inds, 24)
+    def _stage2(self, imgs: torch.Tensor, sat: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes, inds, crops = self._crops(imgs, sat, boxes, inds, 24)
         if len(boxes) == 0:
             return boxes, inds
         reg, prob = _run_chunked(self.rnet, crops)
@@ -193,8 +194,8 @@ class MtcnnDetector:
         boxes, inds, reg = boxes[keep], inds[keep], reg[keep]
         return _square(_regress(boxes, reg)), inds
 
-    def _stage3(self, imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        boxes, inds, crops = self._crops(imgs, boxes, inds, 48)
+    def _stage3(self, imgs: torch.Tensor, sat: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        boxes, inds, crops = self._crops(imgs, sat, boxes, inds, 48)
         if len(boxes) == 0:
             return boxes, inds, torch.zeros(0, 5, 2, device=self.device)
         reg, pts, prob = _run_chunked(self.onet, crops)
@@ -211,7 +212,7 @@ class MtcnnDetector:
         keep = _nms_min(boxes[:, :4], boxes[:, 4], inds, 0.7)
         return boxes[keep], inds[keep], points[keep]
 
-    def _crops(self, imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _crops(self, imgs: torch.Tensor, sat: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Crop every box (clamped to the image like MTCNN's ``pad``) and area-resize to size x size."""
         h, w = imgs.shape[2], imgs.shape[3]
         b = boxes[:, :4].trunc().to(torch.long)
@@ -222,7 +223,7 @@ class MtcnnDetector:
         valid = (x1 > x0) & (y1 > y0)
         if not bool(valid.all()):
             boxes, inds, x0, y0, x1, y1 = boxes[valid], inds[valid], x0[valid], y0[valid], x1[valid], y1[valid]
-        crops = crop_resize_area(imgs, inds, y0, y1, x0, x1, size)
+        crops = crop_resize_area(imgs, inds, y0, y1, x0, x1, size, sat=sat)
         return boxes, inds, (crops - 127.5) * 0.0078125
 
 
@@ -239,6 +240,18 @@ def _cell_bounds(start: torch.Tensor, length: torch.Tensor, out: int) -> tuple[t
     return start[:, None] + lo, start[:, None] + hi
 
 
+def integral_image(imgs: torch.Tensor) -> torch.Tensor:
+    """Summed-area table (N, C, H+1, W+1) of integer-valued images, in exact integer arithmetic.
+
+    int32 while 255*H*W fits (every photo up to ~8 megapixels), else int64.
+    """
+    n, c, h, w = imgs.shape
+    dtype = torch.int32 if 255 * h * w < 2**31 else torch.int64
+    sat = torch.zeros(n, c, h + 1, w + 1, device=imgs.device, dtype=dtype)
+    sat[:, :, 1:, 1:] = imgs.to(dtype).cumsum(2, dtype=dtype).cumsum(3, dtype=dtype)
+    return sat
+
+
 def crop_resize_area(
     imgs: torch.Tensor,
     inds: torch.Tensor,
@@ -247,20 +260,21 @@ def crop_resize_area(
     x0: torch.Tensor,
     x1: torch.Tensor,
     size: int,
-    chunk: int = 512,
+    sat: torch.Tensor | None = None,
+    chunk: int = 1024,
 ) -> torch.Tensor:
     """``interpolate(imgs[i, :, y0:y1, x0:x1], (size, size), mode="area")`` for every box at once.
 
     Area resampling averages axis-aligned rectangles, so one summed-area table of the batch
-    (float64: integer pixel sums stay exact) answers every output cell of every box with four
-    look-ups, whatever the box sizes.
+    answers every output cell of every box with four look-ups, whatever the box sizes. Pixel
+    sums are exact integers; only the final division rounds.
     """
     n, c, H, W = imgs.shape
     out = torch.empty(len(inds), c, size, size, device=imgs.device, dtype=imgs.dtype)
     if len(inds) == 0:
         return out
-    sat = torch.zeros(n, c, H + 1, W + 1, device=imgs.device, dtype=torch.float64)
-    sat[:, :, 1:, 1:] = imgs.double().cumsum(2).cumsum(3)
+    if sat is None:
+        sat = integral_image(imgs)
     flat = sat.reshape(-1)
     plane = (H + 1) * (W + 1)
     ch = torch.arange(c, device=imgs.device)
@@ -268,13 +282,12 @@ def crop_resize_area(
         sl = slice(k, k + chunk)
         r0, r1 = _cell_bounds(y0[sl], y1[sl] - y0[sl], size)  # (b, size)
         c0, c1 = _cell_bounds(x0[sl], x1[sl] - x0[sl], size)
-        base = (inds[sl, None] * c + ch[None]) * plane  # (b, c)
-        base = base[:, :, None, None]
-        R0, R1 = r0[:, None, :, None] * (W + 1), r1[:, None, :, None] * (W + 1)
-        C0, C1 = c0[:, None, None, :], c1[:, None, None, :]
-        total = flat[base + R1 + C1] - flat[base + R0 + C1] - flat[base + R1 + C0] + flat[base + R0 + C0]
-        area = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[:, None].double()
-        out[sl] = (total / area).to(imgs.dtype)
+        base = ((inds[sl, None] * c + ch[None]) * plane)[:, :, None, None]  # (b, c, 1, 1)
+        row0, row1 = (base + (r0 * (W + 1))[:, None, :, None]), (base + (r1 * (W + 1))[:, None, :, None])
+        col0, col1 = c0[:, None, None, :], c1[:, None, None, :]
+        total = torch.take(flat, row1 + col1) - torch.take(flat, row0 + col1) - torch.take(flat, row1 + col0) + torch.take(flat, row0 + col0)
+        area = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[:, None]
+        out[sl] = total.to(imgs.dtype) / area.to(imgs.dtype)
     return out
 
 

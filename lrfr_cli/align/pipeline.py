@@ -29,15 +29,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
+import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import multiprocessing
 import numpy as np
 
 from ..data.images import IMAGE_EXTS, list_images, save_rgb
@@ -46,7 +48,7 @@ from ..ui import ProgressFn, null_progress
 from ..workspace import atomic_path, atomic_write_text
 from .decode import Decoded, decode, image_size, init_worker
 from .mtcnn import DEFAULT_THRESHOLDS, Detections, MtcnnDetector
-from .warp import fit_error, template_for, template_with_margin, umeyama, warp_face, warp_with_matrix
+from .warp import fit_error, template_for, template_with_margin, warp_face, warp_with_matrix
 
 SELECTS = ("largest", "center", "all")
 FALLBACKS = ("none", "center-crop")
@@ -366,7 +368,7 @@ def _area_then_place(img: np.ndarray, m: np.ndarray, out_wh: tuple[int, int]) ->
 # --------------------------------------------------------------------------- decoding stream
 def _decoded_stream(src_root: Path, rels: Sequence[str], max_side: int, workers: int, lookahead: int) -> Iterator[Decoded]:
     """Decoded photos in order; ``workers`` > 0 decodes in spawned processes with bounded look-ahead."""
-    tasks = ((str(src_root / r), r, max_side) for r in rels)
+    tasks = iter([(str(src_root / r), r, max_side) for r in rels])
     if workers <= 0:
         for t in tasks:
             yield decode(t)
@@ -375,12 +377,38 @@ def _decoded_stream(src_root: Path, rels: Sequence[str], max_side: int, workers:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker) as pool:
         window: deque[Future[Decoded]] = deque()
+        with _light_children():  # the first submits start the worker processes
+            for _ in range(min(lookahead, len(rels))):
+                t = next(tasks, None)
+                if t is not None:
+                    window.append(pool.submit(decode, t))
         for t in tasks:
             window.append(pool.submit(decode, t))
             if len(window) >= lookahead:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
+
+
+@contextmanager
+def _light_children() -> Iterator[None]:
+    """Keep spawned decode workers from re-running the parent's main script.
+
+    A spawned child imports the parent's ``__main__`` file; for the ``lrfr`` script that means
+    torch and every subcommand (seconds of start-up per worker, and the memory). The workers
+    only need :mod:`lrfr_cli.align.decode`, so the main file is hidden while they start.
+    (Mains run with ``-m`` are re-imported by module name and are left alone.)
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(getattr(main, "__spec__", None), "name", None):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _batches(stream: Iterable[Decoded], batch_size: int, window: int, on_error: Callable[[Decoded], None]) -> Iterator[list[Decoded]]:
