@@ -32,9 +32,12 @@ ALIGNS = ("mtcnn", "center-crop", "none")
 _DEFAULT_DIRS = {"lfw": "lfw", "scface": "scface", "survface": "QMUL-SurvFace", "tinyface": "tinyface"}
 
 
-def _data_root(dataset: str, data: Optional[Path]) -> Path:
+def _data_root(dataset: str, data: Optional[Path], ws_root: Path) -> Path:
     if data is not None:
-        return data.expanduser()
+        data = data.expanduser()
+        if not data.exists() and not data.is_absolute() and (ws_root / data).exists():
+            return ws_root / data  # a workspace artifact such as aligned/NAME
+        return data
     base = Path(os.environ.get("LRFR_DATA", "data")).expanduser()
     return base / _DEFAULT_DIRS[dataset]
 
@@ -59,7 +62,8 @@ def _lfw_images(root: Path, align: str, rels: list[str], ws: Workspace, device: 
         st.warn(f"MTCNN found no face in {len(failed)} of {len(rels)} LFW images; those use the center-crop warp")
     images = AlignedFolder(root=art.path, name="lfw-mtcnn", fallback_rels=failed, fallback=center,
                            how="mtcnn (lrfr align recipe: MTCNN 5 points + Umeyama to the ArcFace template, face nearest the centre)")
-    return images, {"align": "mtcnn", "aligned_set": str(art.path), "mtcnn_failures": len(failed), "fallback": "center-crop"}
+    return images, {"align": "mtcnn", "aligned_set": str(art.path), "mtcnn_failures": len(failed),
+                    "mtcnn_failure_examples": sorted(failed)[:20], "fallback": "center-crop"}
 
 
 def _output_name(dataset: str, setting: str, pairs: Optional[Path], distances: list[int]) -> str:
@@ -118,7 +122,7 @@ def eval_cmd(
     size_list = parse_sizes(sizes)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    root = _data_root(dataset, data)
+    root = _data_root(dataset, data, ws.root)
 
     # Protocol first: bad data should fail before a model is loaded.
     images_info: dict[str, Any] = {}
@@ -172,7 +176,7 @@ def eval_cmd(
         "images": images_info,
         "degradation": {"method": method, "blur": blur, "noise": noise, "jpeg": jpeg, "seed": seed,
                         "upsample": "bicubic back to the input size", "variants": variants},
-        "sizes": size_list if dataset == "lfw" else None,
+        "sizes": sorted(int(k) for k in results) if dataset == "lfw" else None,
         "results": results,
         "embeddings": {"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,
                        "forward_images": stats.forward_images, "per_variant": stats.per_variant},

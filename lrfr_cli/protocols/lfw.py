@@ -121,6 +121,9 @@ def plan_lfw(
 ) -> Plan:
     if setting not in SETTINGS:
         raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
+    too_big = [s for s in sizes if s > input_size]
+    if too_big:
+        raise LrfrError(f"--sizes: {too_big[0]} px is larger than the {input_size} px network input ({input_size} = HR)")
     prefix = image_prefix(root)
     pairs, n_folds = read_pairs(pairs_file, prefix)
     check_images(root, pairs, pairs_file)

@@ -93,8 +93,8 @@ class AlignedFolder:
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"root": str(self.root), "align": self.how, "size": self.size, "fingerprint": self.fingerprint}
         if self.fallback is not None:
+            # Which images fell back is a per-image fact of the alignment, not part of the key.
             d["fallback"] = self.fallback.describe()
-            d["fallback_images"] = len(self.fallback_rels)
         return d
 
     def load(self, rel: str) -> np.ndarray:
