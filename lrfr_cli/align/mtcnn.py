@@ -112,32 +112,54 @@ class MtcnnDetector:
 
     @torch.inference_mode()
     def detect(self, images: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> list[Detections]:
-        """Detect faces in N same-size HxWx3 uint8 RGB images (an N x H x W x 3 array or a list)."""
-        if isinstance(images, (list, tuple)):
-            if not images:
-                return []
-            shapes = {im.shape for im in images}
-            if len(shapes) != 1:
-                raise ValueError(f"detect() needs same-size images, got {sorted(shapes)}")
-            images = np.stack(images)
-        x = torch.as_tensor(images, device=self.device)
-        if x.ndim == 3:
-            x = x.unsqueeze(0)
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"detect() needs N x H x W x 3 images, got shape {tuple(x.shape)}")
-        n, h, w = x.shape[0], x.shape[1], x.shape[2]
-        imgs = x.permute(0, 3, 1, 2).float().contiguous()
-        scales = self.scales(h, w)
-        if not scales or n == 0:
-            return [Detections.empty() for _ in range(n)]
+        """Detect faces in HxWx3 uint8 RGB images: an N x H x W x 3 array, or a list of any sizes.
 
-        boxes, inds = self._stage1(imgs, scales)
-        sat = integral_image(x.permute(0, 3, 1, 2)) if len(boxes) else None
-        if len(boxes):
-            boxes, inds = self._stage2(imgs, sat, boxes, inds)
+        The pyramid stage runs once per distinct image size (same-size images together); the
+        refinement stages run on the candidate boxes of all images at once.
+        """
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            if images.ndim == 3:
+                images = images[None]
+            if images.ndim != 4:
+                raise ValueError(f"detect() needs N x H x W x 3 images, got shape {tuple(images.shape)}")
+            groups = {tuple(images.shape[1:3]): list(range(len(images)))}
+            batch = [images]
+        else:
+            images = list(images)
+            groups = {}
+            for i, im in enumerate(images):
+                groups.setdefault(tuple(im.shape[:2]), []).append(i)
+            batch = [np.stack([images[i] for i in idx]) for idx in groups.values()]
+        n = sum(len(v) for v in groups.values())
+        if n == 0:
+            return []
+        for b in batch:
+            if b.shape[-1] != 3:
+                raise ValueError(f"detect() needs RGB images (H x W x 3), got shape {tuple(b.shape[1:])}")
+        hmax = max(h for h, _ in groups)
+        wmax = max(w for _, w in groups)
+        sat = torch.zeros(n, 3, hmax + 1, wmax + 1, device=self.device, dtype=_sat_dtype(hmax, wmax))
+        sizes = torch.zeros(n, 2, dtype=torch.long, device=self.device)  # (width, height) per image
+        all_boxes, all_inds = [], []
+        for (h, w), idx, arr in zip(groups, groups.values(), batch):
+            x = torch.as_tensor(arr, device=self.device).permute(0, 3, 1, 2)
+            gi = torch.as_tensor(idx, device=self.device)
+            sizes[gi, 0], sizes[gi, 1] = w, h
+            scales = self.scales(h, w)
+            if not scales:
+                continue
+            boxes, inds = self._stage1(x.float().contiguous(), scales)
+            if len(boxes):
+                sat[gi, :, : h + 1, : w + 1] = integral_image(x, sat.dtype)
+                all_boxes.append(boxes)
+                all_inds.append(gi[inds])
+        if not all_boxes:
+            return [Detections.empty() for _ in range(n)]
+        boxes, inds = torch.cat(all_boxes), torch.cat(all_inds)
+        boxes, inds = self._stage2(sat, sizes, boxes, inds)
         points = torch.zeros(0, 5, 2, device=self.device)
         if len(boxes):
-            boxes, inds, points = self._stage3(imgs, sat, boxes, inds)
+            boxes, inds, points = self._stage3(sat, sizes, boxes, inds)
         return _split(boxes, inds, points, n)
 
     # ------------------------------------------------------------------ stages
@@ -181,8 +203,8 @@ class MtcnnDetector:
         )
         return _square(out), inds
 
-    def _stage2(self, imgs: torch.Tensor, sat: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        boxes, inds, crops = self._crops(imgs, sat, boxes, inds, 24)
+    def _stage2(self, sat: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes, inds, crops = self._crops(sat, sizes, boxes, inds, 24)
         if len(boxes) == 0:
             return boxes, inds
         reg, prob = _run_chunked(self.rnet, crops)
@@ -194,8 +216,8 @@ class MtcnnDetector:
         boxes, inds, reg = boxes[keep], inds[keep], reg[keep]
         return _square(_regress(boxes, reg)), inds
 
-    def _stage3(self, imgs: torch.Tensor, sat: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        boxes, inds, crops = self._crops(imgs, sat, boxes, inds, 48)
+    def _stage3(self, sat: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        boxes, inds, crops = self._crops(sat, sizes, boxes, inds, 48)
         if len(boxes) == 0:
             return boxes, inds, torch.zeros(0, 5, 2, device=self.device)
         reg, pts, prob = _run_chunked(self.onet, crops)
@@ -212,18 +234,18 @@ class MtcnnDetector:
         keep = _nms_min(boxes[:, :4], boxes[:, 4], inds, 0.7)
         return boxes[keep], inds[keep], points[keep]
 
-    def _crops(self, imgs: torch.Tensor, sat: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Crop every box (clamped to the image like MTCNN's ``pad``) and area-resize to size x size."""
-        h, w = imgs.shape[2], imgs.shape[3]
+    def _crops(self, sat: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop every box (clamped to its image like MTCNN's ``pad``) and area-resize to size x size."""
         b = boxes[:, :4].trunc().to(torch.long)
+        w, h = sizes[inds, 0], sizes[inds, 1]
         x0 = b[:, 0].clamp(min=1) - 1
         y0 = b[:, 1].clamp(min=1) - 1
-        x1 = b[:, 2].clamp(max=w)
-        y1 = b[:, 3].clamp(max=h)
+        x1 = torch.minimum(b[:, 2], w)
+        y1 = torch.minimum(b[:, 3], h)
         valid = (x1 > x0) & (y1 > y0)
         if not bool(valid.all()):
             boxes, inds, x0, y0, x1, y1 = boxes[valid], inds[valid], x0[valid], y0[valid], x1[valid], y1[valid]
-        crops = crop_resize_area(imgs, inds, y0, y1, x0, x1, size, sat=sat)
+        crops = crop_from_integral(sat, inds, y0, y1, x0, x1, size)
         return boxes, inds, (crops - 127.5) * 0.0078125
 
 
@@ -240,13 +262,15 @@ def _cell_bounds(start: torch.Tensor, length: torch.Tensor, out: int) -> tuple[t
     return start[:, None] + lo, start[:, None] + hi
 
 
-def integral_image(imgs: torch.Tensor) -> torch.Tensor:
-    """Summed-area table (N, C, H+1, W+1) of integer-valued images, in exact integer arithmetic.
+def _sat_dtype(h: int, w: int) -> torch.dtype:
+    """int32 while 255*H*W fits (photos up to ~8 megapixels), else int64: sums stay exact."""
+    return torch.int32 if 255 * h * w < 2**31 else torch.int64
 
-    int32 while 255*H*W fits (every photo up to ~8 megapixels), else int64.
-    """
+
+def integral_image(imgs: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Summed-area table (N, C, H+1, W+1) of integer-valued NCHW images, in exact integers."""
     n, c, h, w = imgs.shape
-    dtype = torch.int32 if 255 * h * w < 2**31 else torch.int64
+    dtype = dtype or _sat_dtype(h, w)
     sat = torch.zeros(n, c, h + 1, w + 1, device=imgs.device, dtype=dtype)
     sat[:, :, 1:, 1:] = imgs.to(dtype).cumsum(2, dtype=dtype).cumsum(3, dtype=dtype)
     return sat
@@ -260,34 +284,44 @@ def crop_resize_area(
     x0: torch.Tensor,
     x1: torch.Tensor,
     size: int,
-    sat: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``interpolate(imgs[i, :, y0:y1, x0:x1], (size, size), mode="area")`` for every box at once."""
+    return crop_from_integral(integral_image(imgs), inds, y0, y1, x0, x1, size).to(imgs.dtype)
+
+
+def crop_from_integral(
+    sat: torch.Tensor,
+    inds: torch.Tensor,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    size: int,
     chunk: int = 1024,
 ) -> torch.Tensor:
-    """``interpolate(imgs[i, :, y0:y1, x0:x1], (size, size), mode="area")`` for every box at once.
+    """Area-resampled crops (B, C, size, size) float32 from a summed-area table.
 
-    Area resampling averages axis-aligned rectangles, so one summed-area table of the batch
+    Area resampling (adaptive average pooling) averages axis-aligned rectangles, so the table
     answers every output cell of every box with four look-ups, whatever the box sizes. Pixel
     sums are exact integers; only the final division rounds.
     """
-    n, c, H, W = imgs.shape
-    out = torch.empty(len(inds), c, size, size, device=imgs.device, dtype=imgs.dtype)
+    n, c, H1, W1 = sat.shape
+    out = torch.empty(len(inds), c, size, size, device=sat.device, dtype=torch.float32)
     if len(inds) == 0:
         return out
-    if sat is None:
-        sat = integral_image(imgs)
     flat = sat.reshape(-1)
-    plane = (H + 1) * (W + 1)
-    ch = torch.arange(c, device=imgs.device)
+    plane = H1 * W1
+    ch = torch.arange(c, device=sat.device)
     for k in range(0, len(inds), chunk):
         sl = slice(k, k + chunk)
         r0, r1 = _cell_bounds(y0[sl], y1[sl] - y0[sl], size)  # (b, size)
         c0, c1 = _cell_bounds(x0[sl], x1[sl] - x0[sl], size)
         base = ((inds[sl, None] * c + ch[None]) * plane)[:, :, None, None]  # (b, c, 1, 1)
-        row0, row1 = (base + (r0 * (W + 1))[:, None, :, None]), (base + (r1 * (W + 1))[:, None, :, None])
+        row0, row1 = base + (r0 * W1)[:, None, :, None], base + (r1 * W1)[:, None, :, None]
         col0, col1 = c0[:, None, None, :], c1[:, None, None, :]
         total = torch.take(flat, row1 + col1) - torch.take(flat, row0 + col1) - torch.take(flat, row1 + col0) + torch.take(flat, row0 + col0)
         area = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :])[:, None]
-        out[sl] = total.to(imgs.dtype) / area.to(imgs.dtype)
+        out[sl] = total.float() / area.float()
     return out
 
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from ..data.images import IMAGE_EXTS, list_images, save_rgb
@@ -309,7 +310,12 @@ class Aligner:
         tpl, _ = template_with_margin(cfg.size, cfg.margin)
         for k, i in enumerate(picks):
             lm = good.landmarks[i]
-            face, m = warp_face(full, lm, cfg.size, margin=cfg.margin)
+            try:
+                face, m = warp_face(full, lm, cfg.size, margin=cfg.margin)
+            except (ValueError, cv2.error) as e:  # degenerate landmarks: report, do not stop the run
+                if not res.faces and k == len(picks) - 1:
+                    return self._no_face(d, f"could not align the face ({e})")
+                continue
             index = k if cfg.select == "all" else None
             rec = FaceRecord(
                 path=output_rel(d.rel, cfg.fmt, index),
@@ -355,8 +361,6 @@ class Aligner:
 
 def _area_then_place(img: np.ndarray, m: np.ndarray, out_wh: tuple[int, int]) -> np.ndarray:
     """Down-scale with an area filter, then translate: anti-aliased shrink for a pure scale+shift."""
-    import cv2
-
     s = m[0, 0]
     H, W = img.shape[:2]
     small = cv2.resize(img, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)

@@ -73,7 +73,7 @@ def train(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder the list's paths are relative to (default: the root recorded in the list's labels.json)."),
     backbone: str = typer.Option("ir50", "--backbone", "-b", help=f"Backbone: {', '.join(BACKBONES)} (mobilefacenet is the one that trains on a CPU)."),
     loss: str = typer.Option("arcface", "--loss", "-l", help=f"Loss head: {', '.join(heads())}."),
-    run_name: Optional[str] = typer.Option(None, "--run", "-r", help="Run name: writes <workspace>/runs/RUN/ (default: LOSS-BACKBONE)."),
+    run_name: Optional[str] = typer.Option(None, "--run", "--run-name", help="Run name: writes <workspace>/runs/RUN/ (default: LOSS-BACKBONE). Under torchrun spell it --run-name (torchrun's parser mistakes --run for its own --run-path)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Passes over the data (with --max-steps, whichever ends first). Default 20 when neither is given."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps."),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="GLOBAL batch size; under torchrun each of N processes takes batch/N."),
