@@ -38,6 +38,11 @@ def photos(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     rgba.putalpha(Image.new("L", rgba.size, 200))
     rgba.save(root / "odd/rgba.png")
     _shrink(Image.open(raw / "shea_whigham.jpg"), 450).convert("CMYK").save(root / "odd/cmyk.jpg", quality=95)
+    # stored sideways with an EXIF orientation tag, as phones do
+    side = _shrink(Image.open(raw / "paul_rudd.jpg"), 400).transpose(Image.Transpose.ROTATE_90)
+    exif = side.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    side.save(root / "odd/sideways.jpg", exif=exif, quality=95)
     data = (raw / "paul_rudd.jpg").read_bytes()
     (root / "odd/corrupt.jpg").write_bytes(data[: len(data) // 3])  # truncated JPEG
     (root / "odd/notanimage.jpg").write_bytes(b"this is text, not a JPEG")
@@ -74,14 +79,14 @@ def test_real_photos_end_to_end(aligned, photos: Path) -> None:  # type: ignore[
     out = json.loads(r.stdout.strip().splitlines()[-1])
     art = ws / "aligned/raw"
     faces = list_images(art)
-    assert out["faces"] == len(faces) and out["images"] == 10
+    assert out["faces"] == len(faces) and out["images"] == 11
     # six faces in the group photo, largest first
     assert sorted(p.name for p in (art / "group").iterdir() if p.name.startswith("multiface")) == [f"multiface_{i}.jpg" for i in range(6)]
     # every written face is 112x112x3
     for p in faces:
         assert load_rgb(p).shape == (112, 112, 3)
     # grayscale, RGBA and CMYK inputs are handled (aligned), the 6000x4000 photo too
-    for name in ("odd/gray_0.jpg", "odd/rgba_0.jpg", "odd/cmyk_0.jpg", "big/big_0.jpg", "paul/paul_rudd_0.jpg"):
+    for name in ("odd/gray_0.jpg", "odd/rgba_0.jpg", "odd/cmyk_0.jpg", "odd/sideways_0.jpg", "big/big_0.jpg", "paul/paul_rudd_0.jpg"):
         assert (art / name).exists(), name
     # failures: no face, corrupt, not an image, too small; the run went on
     fails = {row["path"]: row["reason"] for row in _csv(art / "failures.csv")}
@@ -122,7 +127,7 @@ def test_landmarks_csv_reproduces_the_alignment(aligned, photos: Path) -> None: 
             written = load_rgb(art / row["path"]).astype(float)
             assert np.abs(again.astype(float) - written).mean() < 3.0  # JPEG q92 noise only
     # single-face portraits: mapped landmarks land within 2 px of the template on average
-    assert len(portrait_errors) == 5
+    assert len(portrait_errors) == 6
     assert float(np.mean(portrait_errors)) < 2.0, portrait_errors
 
 

@@ -104,6 +104,23 @@ def test_detection_image_scaling_maps_back() -> None:
     assert det is small and sx == sy == 1.0
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(orientation: int, tmp_path: Path) -> None:
+    from PIL import Image, ImageOps
+
+    from lrfr_cli.align.decode import exif_orientation, upright
+
+    a = np.random.default_rng(orientation).integers(0, 255, (6, 9, 3), dtype=np.uint8)
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / "o.png", exif=exif)
+    want = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o.png")).convert("RGB"))
+    got = upright(load_rgb(tmp_path / "o.png"), exif_orientation(tmp_path / "o.png"))
+    assert exif_orientation(tmp_path / "o.png") == orientation
+    assert np.array_equal(got, want)
+
+
 def test_centre_and_assumed_crop_matrices() -> None:
     m = centre_crop_matrix(200, 100, (112, 112))  # landscape: height fills, centred horizontally
     assert apply_transform(m, [[100, 50]])[0] == pytest.approx([56, 56])
@@ -150,10 +167,12 @@ def test_batched_cascade_matches_facenet_pytorch(data_dir: Path) -> None:
     ours = MtcnnDetector("cpu", min_face=30)
     imgs = _lfw_sample(data_dir, 4)
     multi = detection_image(load_rgb(data_dir / "raw_photos/facenet_pytorch/multiface.jpg"), 450)[0]
-    for batch in (imgs, multi[None]):
-        boxes, probs, points = ref.detect(batch, landmarks=True)
-        dets = ours.detect(batch)
-        assert len(dets) == len(batch)
+    refs = [ref.detect(batch, landmarks=True) for batch in (imgs, multi[None])]
+    # ours: one call with mixed sizes (pyramid per size, refinement stages on all boxes at once)
+    mixed = ours.detect([imgs[0], multi, *imgs[1:]])
+    per_batch = [[mixed[0], *mixed[2:]], [mixed[1]]]
+    for (boxes, probs, points), dets in zip(refs, per_batch):
+        assert len(dets) == len(boxes)
         for b, p, lm, d in zip(boxes, probs, points, dets):
             if b is None:
                 assert len(d) == 0
@@ -163,7 +182,10 @@ def test_batched_cascade_matches_facenet_pytorch(data_dir: Path) -> None:
             assert np.abs(d.boxes - b[order]).max() < 1e-2
             assert np.abs(d.probs - np.asarray(p, dtype=float)[order]).max() < 1e-4
             assert np.abs(d.landmarks - lm[order]).max() < 1e-2
-    assert sum(len(d) for d in ours.detect(multi[None])) == 6
+    assert len(mixed[1]) == 6
+    # the same-size array path gives the same answer
+    same = ours.detect(imgs)
+    assert all(np.abs(a.boxes - b.boxes).max(initial=0) < 1e-3 for a, b in zip(same, per_batch[0]))
 
 
 @pytest.mark.slow

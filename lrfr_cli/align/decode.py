@@ -46,13 +46,36 @@ def decode(args: tuple[str, str, int]) -> Decoded:
     """Worker entry point: (absolute path, relative path, max_side) → :class:`Decoded`."""
     path, rel, max_side = args
     try:
-        full = load_rgb(path)
+        full = upright(load_rgb(path), exif_orientation(path))
     except ImageReadError as e:
         return Decoded(rel, error=str(e))
     except MemoryError:
         return Decoded(rel, error="image too large to decode in memory")
     det, sx, sy = detection_image(full, max_side)
     return Decoded(rel, full, det, sx, sy)
+
+
+def exif_orientation(path: str | os.PathLike[str]) -> int:
+    """The EXIF orientation tag (1 = upright) from the header; 1 when absent or unreadable.
+
+    Phone photos are often stored sideways with this tag; MTCNN only finds upright faces.
+    """
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(0x0112, 1)
+            return int(value) if value in range(1, 9) else 1
+    except Exception:  # noqa: BLE001 - a broken header is reported by the decoder, not here
+        return 1
+
+
+def upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (2..8) to an HxWxC array, as viewers display the photo."""
+    if orientation in (2, 4, 5, 7):
+        img = img[:, ::-1]  # mirror first, then rotate (EXIF's transpose/transverse cases)
+    turns = {3: 2, 4: 2, 5: 1, 6: 3, 7: 3, 8: 1}.get(orientation, 0)  # counter-clockwise quarter turns
+    if turns:
+        img = np.rot90(img, turns)
+    return np.ascontiguousarray(img)
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:

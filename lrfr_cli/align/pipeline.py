@@ -11,8 +11,9 @@ The default recipe is the one the shared ``celeba_subset`` training faces were m
    the ArcFace 112x112 template; the full-resolution photo is warped (bilinear, reflected border)
    and saved as JPEG quality 92.
 
-Photos are decoded in worker processes and detected in batches of same-size images (LFW's
-250x250 photos all share one size). Every output is written atomically and recorded in a journal
+Photos are decoded in worker processes and detected in batches: MTCNN's pyramid stage runs once
+per distinct image size in the batch (LFW's 250x250 photos all share one), its refinement stages
+on the candidate boxes of the whole batch. Every output is written atomically and recorded in a journal
 (``.align-journal.jsonl``) after its files exist, so a killed run resumes where it stopped; at
 the end ``landmarks.csv`` (every face: box, landmarks, transform, fit error) and ``failures.csv``
 (every photo without a face, with the reason) are rewritten from the journal.
@@ -259,23 +260,26 @@ class Aligner:
         return self._detector
 
     def align_decoded(self, batch: Sequence[Decoded]) -> list[ImageResult]:
-        """Align a batch of decoded photos whose detection images share one size."""
+        """Align a batch of decoded photos (any sizes; detected in one MTCNN pass)."""
         cfg = self.config
-        if not batch:
-            return []
         if cfg.assume_cropped:
             return [self._assumed(d) for d in batch]
-        shapes = {d.det.shape for d in batch}  # type: ignore[union-attr]
-        if len(shapes) != 1:
-            raise ValueError(f"align_decoded needs same-size detection images, got {sorted(shapes)}")
-        h, w = batch[0].det.shape[:2]  # type: ignore[union-attr]
-        if min(h, w) < cfg.min_face:
-            return [self._no_face(d, f"image {w}x{h} px is smaller than --min-face {cfg.min_face} px (for tight face crops use --assume-cropped)") for d in batch]
-        dets = self.detector.detect(np.stack([d.det for d in batch]))  # type: ignore[misc]
-        return [self._from_detections(d, det) for d, det in zip(batch, dets)]
+        out: list[ImageResult | None] = [None] * len(batch)
+        todo = []
+        for i, d in enumerate(batch):
+            h, w = d.det.shape[:2]  # type: ignore[union-attr]
+            if min(h, w) < cfg.min_face:
+                out[i] = self._no_face(d, f"image {w}x{h} px is smaller than --min-face {cfg.min_face} px (for tight face crops use --assume-cropped)")
+            else:
+                todo.append(i)
+        if todo:
+            dets = self.detector.detect([batch[i].det for i in todo])  # type: ignore[misc]
+            for i, det in zip(todo, dets):
+                out[i] = self._from_detections(batch[i], det)
+        return out  # type: ignore[return-value]
 
     def align_images(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[ImageResult]:
-        """Convenience: align HxWx3 uint8 RGB arrays of any sizes (grouped by size internally)."""
+        """Convenience: align HxWx3 uint8 RGB arrays of any sizes."""
         from .decode import detection_image
 
         names = list(names) if names is not None else [str(i) for i in range(len(images))]
@@ -283,14 +287,7 @@ class Aligner:
         for n, img in zip(names, images):
             det, sx, sy = detection_image(img, self.config.max_side)
             decoded.append(Decoded(n, img, det, sx, sy))
-        out: dict[str, ImageResult] = {}
-        groups: dict[tuple[int, ...], list[Decoded]] = {}
-        for d in decoded:
-            groups.setdefault(d.det.shape, []).append(d)  # type: ignore[union-attr]
-        for g in groups.values():
-            for r in self.align_decoded(g):
-                out[r.source] = r
-        return [out[n] for n in names]
+        return self.align_decoded(decoded)
 
     # ------------------------------------------------------------------ internals
     def _from_detections(self, d: Decoded, det: Detections) -> ImageResult:
@@ -415,32 +412,23 @@ def _light_children() -> Iterator[None]:
         main.__file__ = path
 
 
-def _batches(stream: Iterable[Decoded], batch_size: int, window: int, on_error: Callable[[Decoded], None]) -> Iterator[list[Decoded]]:
-    """Group decoded photos by detection-image size into batches of up to ``batch_size``.
+def _batches(stream: Iterable[Decoded], batch_size: int, on_error: Callable[[Decoded], None]) -> Iterator[list[Decoded]]:
+    """Consecutive decoded photos in batches of ``batch_size``; unreadable ones go to ``on_error``.
 
-    A group is emitted when full; when more than ``window`` photos wait (mixed sizes), the
-    largest waiting group goes, so memory stays bounded.
+    Sizes may differ: the detector runs its pyramid stage per distinct size (LFW's photos all
+    share one) and the refinement stages on the whole batch.
     """
-    groups: dict[tuple[int, ...], list[Decoded]] = {}
-    waiting = 0
+    batch: list[Decoded] = []
     for d in stream:
         if d.error is not None:
             on_error(d)
             continue
-        key = d.det.shape  # type: ignore[union-attr]
-        g = groups.setdefault(key, [])
-        g.append(d)
-        waiting += 1
-        if len(g) >= batch_size:
-            yield groups.pop(key)
-            waiting -= len(g)
-        elif waiting > window:
-            key = max(groups, key=lambda k: len(groups[k]))
-            g = groups.pop(key)
-            waiting -= len(g)
-            yield g
-    for g in groups.values():
-        yield g
+        batch.append(d)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 # --------------------------------------------------------------------------- journal + CSVs
@@ -604,7 +592,7 @@ def align_tree(
 
             stream = _decoded_stream(src_root, todo, cfg.max_side, workers, lookahead=max(4, 2 * batch_size))
             n_fail = 0
-            for batch in _batches(stream, 1 if cfg.assume_cropped else batch_size, window=4 * batch_size, on_error=on_error):
+            for batch in _batches(stream, batch_size, on_error=on_error):
                 for res in aligner.align_decoded(batch):
                     commit(res)
                     n_fail += res.reason is not None
