@@ -216,7 +216,7 @@ def test_checkpoint_of_another_backbone(cli, ws, tmp_path) -> None:
 
 def test_external_checkpoint_formats_load_the_same_weights(ws, tmp_path) -> None:
     torch.manual_seed(1)
-    ref = build_backbone("ir18").state_dict()
+    ref = build_backbone("mobilefacenet").state_dict()  # the wrappers matter here, not the network
     bare = tmp_path / "bare.pth"
     torch.save(ref, bare)  # insightface: a bare state_dict
     wrapped = tmp_path / "adaface.ckpt"
@@ -226,14 +226,14 @@ def test_external_checkpoint_formats_load_the_same_weights(ws, tmp_path) -> None
     ddp = tmp_path / "ddp.pt"
     torch.save({f"module.{k}": v for k, v in ref.items()}, ddp)
     for f in (bare, wrapped, ddp):
-        m = resolve_model(str(f), ws, backbone="ir18")
+        m = resolve_model(str(f), ws, backbone="mobilefacenet")
         got = m.module.state_dict()
         assert all(torch.equal(got[k], ref[k]) for k in ref)
         assert m.source == "external" and m.embedding_size == 512
     pickled = tmp_path / "pickled.pt"
     torch.save({"state_dict": ref, "opts": Path("x")}, pickled)
     with pytest.raises(LrfrError):
-        resolve_model(str(pickled), ws, backbone="ir18")
+        resolve_model(str(pickled), ws, backbone="mobilefacenet")
 
 
 def test_run_model_gives_finite_embeddings(ws, data_dir) -> None:
