@@ -383,3 +383,35 @@ def test_interrupted_embedding_pass_resumes(cli, ws, data_dir, lfw_small, monkey
     d = cli(ws, *_lfw_args(data_dir, lfw_small, "--sizes", "112", "--setting", "hr-hr", "--batch-size", "8")).json()
     assert d["embeddings"]["cached"] == done
     assert calls["images"] == d["embeddings"]["computed"] == d["embeddings"]["per_variant"]["hr"]["images"] - done
+
+
+@pytest.mark.slow
+def test_mtcnn_alignment_of_lfw_is_cached_in_the_workspace(cli, ws, data_dir, tmp_path, counter) -> None:
+    """--align mtcnn aligns only the images the pairs need, into aligned/lfw-mtcnn, once."""
+    _make_run(ws)
+    lines = (data_dir / "lfw" / "pairsDevTest.txt").read_text().splitlines()[1:]
+    f = tmp_path / "four.txt"
+    f.write_text("2\t1\n" + "\n".join([lines[0], lines[500], lines[1], lines[501]]) + "\n")
+    args = ["eval", "--dataset", "lfw", "--model", "tiny", "--data", str(data_dir / "lfw"), "--pairs", str(f),
+            "--sizes", "16,112", "--workers", "0", "--json"]
+    r = cli(ws, *args)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    d = r.json()
+    assert d["images"]["align"] == "mtcnn" and d["images"]["mtcnn_failures"] == 0
+    aligned = sorted(p.relative_to(ws / "aligned" / "lfw-mtcnn").as_posix() for p in (ws / "aligned" / "lfw-mtcnn").rglob("*.jpg"))
+    wanted = sorted({p for ln in f.read_text().splitlines()[1:] for p in _rels(ln)})
+    assert aligned == wanted
+    from PIL import Image
+
+    assert all(Image.open(ws / "aligned" / "lfw-mtcnn" / a).size == (112, 112) for a in aligned)
+    mtimes = {a: (ws / "aligned" / "lfw-mtcnn" / a).stat().st_mtime_ns for a in aligned}
+    d2 = cli(ws, *args).json()
+    assert d2["embeddings"]["computed"] == 0 and d2["results"] == d["results"]
+    assert {a: (ws / "aligned" / "lfw-mtcnn" / a).stat().st_mtime_ns for a in aligned} == mtimes
+
+
+def _rels(line: str) -> list[str]:
+    t = line.split()
+    if len(t) == 3:
+        return [f"lfw-deepfunneled/{t[0]}/{t[0]}_{int(i):04d}.jpg" for i in t[1:]]
+    return [f"lfw-deepfunneled/{t[0]}/{t[0]}_{int(t[1]):04d}.jpg", f"lfw-deepfunneled/{t[2]}/{t[2]}_{int(t[3]):04d}.jpg"]
