@@ -79,7 +79,7 @@ def _output_name(dataset: str, setting: str, pairs: Optional[Path], distances: l
 @handle_errors
 def eval_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(DATASETS)}."),
-    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth) with --backbone."),
+    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface and AdaFace IResNet state dicts for ir*); default: the one whose parameters fit."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default $LRFR_DATA/lfw, /scface, /QMUL-SurvFace, /tinyface)."),
@@ -105,7 +105,16 @@ def eval_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="Output file evals/RUN/NAME.json (default: the dataset, plus pairs/setting when not the standard ones)."),
     force: bool = typer.Option(False, "--force", help="Recompute embeddings instead of using the cache."),
 ) -> None:
-    """Embed once (cached per model), score the protocol, write evals/RUN/<dataset>.json."""
+    """Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json.
+
+    Every unique (image, size, degradation) is embedded once per model and cached under
+    embeddings/, so a second eval of the same model (another setting, more sizes) reuses it.
+
+    Examples: lrfr eval -d lfw -m runs/RUN --sizes 8,12,16,20,112 ·
+    lrfr eval -d lfw -m runs/RUN --pairs $LRFR_DATA/lfw/pairsDevTest.txt --setting lr-lr ·
+    lrfr eval -d scface --distance 2 -m runs/RUN --data /data/SCface ·
+    lrfr eval -d survface -m ms1mv3_r50.pth --data /data/QMUL-SurvFace
+    """
     st = state()
     ws = workspace()
     t0 = time.time()
@@ -231,6 +240,8 @@ def _merge_previous(path: Path, doc: dict[str, Any]) -> list[str]:
     if doc["dataset"] == "lfw":
         doc["results"] = dict(sorted(doc["results"].items(), key=lambda kv: int(kv[0])))
         doc["sizes"] = sorted({int(k) for k in doc["results"]})
+    else:
+        doc["results"] = dict(sorted(doc["results"].items()))
     return added
 
 
