@@ -237,7 +237,12 @@ def test_fallback_center_crop_and_other_sizes(data_dir: Path, tmp_path: Path) ->
 def test_bad_invocations_are_one_line_errors(tmp_path: Path, ws: Path, cli) -> None:  # type: ignore[no-untyped-def]
     empty = tmp_path / "empty"
     empty.mkdir()
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    Image.new("RGB", (50, 40)).save(clash / "a.jpg")
+    Image.new("RGB", (50, 40)).save(clash / "a.png")
     cases = [
+        (clash, []),
         (empty, []),
         (tmp_path / "missing", []),
         (empty, ["--select", "biggest"]),

@@ -12,7 +12,6 @@ batch answers with four look-ups per output cell, for every box in one vectorise
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -391,10 +390,3 @@ def _split(boxes: torch.Tensor, inds: torch.Tensor, points: torch.Tensor, n: int
         sel = sel[np.argsort(-b[sel, 4], kind="stable")]
         out.append(Detections(b[sel, :4].copy(), b[sel, 4].copy(), p[sel].copy()))
     return out
-
-
-def pyramid_levels(h: int, w: int, min_face: int, factor: float = DEFAULT_FACTOR) -> int:
-    """Number of pyramid levels MTCNN runs on an h x w image (0: smaller than ``min_face``)."""
-    m = 12.0 / min_face
-    minl = min(h, w) * m
-    return 0 if minl < 12 else int(math.floor(math.log(12 / minl) / math.log(factor))) + 1

@@ -222,7 +222,6 @@ def assumed_crop_matrix(w: int, h: int, cfg: AlignConfig) -> np.ndarray:
 
     Uniform scale (geometric mean of the two axes' ratios), centre onto centre.
     """
-    ow, oh = cfg.out_wh
     tpl112 = np.array(TEMPLATE_FACE_BOX_112)
     tpl, _ = template_with_margin(cfg.size, cfg.margin)
     base, _ = template_for(112)
@@ -498,6 +497,16 @@ def read_landmarks(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def check_name_clashes(rels: Sequence[str], cfg: AlignConfig) -> None:
+    """Refuse inputs whose faces would be written to the same file (``a.jpg`` and ``a.png``)."""
+    seen: dict[str, str] = {}
+    for r in rels:
+        key = output_rel(r, cfg.fmt)
+        if key in seen:
+            raise LrfrError(f"{seen[key]} and {r} would both be written as {key}; rename one of them")
+        seen[key] = r
+
+
 def is_prealigned(paths: Sequence[Path], out_wh: tuple[int, int]) -> bool:
     """True when every image is already exactly the output size (checked from file headers)."""
     if not paths:
@@ -538,6 +547,7 @@ def align_tree(
     if rels is None:
         rels = [p.relative_to(src_root).as_posix() for p in list_images(src_root, exts)]
     rels = list(dict.fromkeys(rels))
+    check_name_clashes(rels, cfg)
     if batch_size < 1:
         raise LrfrError(f"--batch-size {batch_size}: expected >= 1")
     out_root.mkdir(parents=True, exist_ok=True)

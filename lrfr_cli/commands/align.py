@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..align.pipeline import FALLBACKS, FORMATS, SELECTS, AlignConfig, align_tree, parse_size, parse_thresholds
+from ..align.pipeline import FALLBACKS, FORMATS, SELECTS, AlignConfig, align_tree, check_name_clashes, parse_size, parse_thresholds
 from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
@@ -71,6 +71,7 @@ def align(
         workers = max(1, (os.cpu_count() or 1) - 1)
     ws.ensure_writable()
     rels = [p.relative_to(src).as_posix() for p in images]
+    check_name_clashes(rels, cfg)
     art = ws.artifact("aligned", name)
     t0 = time.time()
     with art.run("align", cfg.to_dict(), {"src": fingerprint_tree(src, images)}, force=force) as run:
