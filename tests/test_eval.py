@@ -415,3 +415,29 @@ def _rels(line: str) -> list[str]:
     if len(t) == 3:
         return [f"lfw-deepfunneled/{t[0]}/{t[0]}_{int(i):04d}.jpg" for i in t[1:]]
     return [f"lfw-deepfunneled/{t[0]}/{t[0]}_{int(t[1]):04d}.jpg", f"lfw-deepfunneled/{t[2]}/{t[2]}_{int(t[3]):04d}.jpg"]
+
+
+def test_prealigned_folder_gives_the_center_crop_numbers(cli, ws, data_dir, lfw_small, tmp_path, counter) -> None:
+    """--align none reads faces as they are: saving the center-crop faces losslessly and
+    evaluating that folder must reproduce the center-crop results exactly."""
+    from lrfr_cli.data.images import save_rgb
+
+    _make_run(ws)
+    crop = LfwCenterCrop(data_dir / "lfw")
+    out = tmp_path / "prealigned"
+    for ln in lfw_small.read_text().splitlines()[1:]:
+        for rel in _rels(ln):
+            dst = out / Path(rel).relative_to("lfw-deepfunneled").with_suffix(".png")
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                save_rgb(dst, crop.load(rel))
+    # the folder is the image root itself (no lfw-deepfunneled/), file names as in pairs.txt but .png
+    for p in out.rglob("*.png"):
+        p.rename(p.with_suffix(".jpg"))  # keep the names pairs.txt implies; the bytes stay PNG
+    ref = cli(ws, *_lfw_args(data_dir, lfw_small, "--sizes", "8,112")).json()
+    got = cli(ws, "eval", "--dataset", "lfw", "--model", "tiny", "--data", str(out), "--pairs", str(lfw_small),
+              "--align", "none", "--sizes", "8,112", "--workers", "0", "--json").json()
+    assert got["images"]["align"] == "none"
+    for k in ("8", "112"):
+        assert got["results"][k]["accuracy"] == ref["results"][k]["accuracy"]
+        assert got["results"][k]["auc"] == pytest.approx(ref["results"][k]["auc"], abs=1e-9)

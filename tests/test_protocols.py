@@ -284,3 +284,24 @@ def test_tinyface_empty_gallery(tmp_path: Path) -> None:
     (base / "Gallery_Match").mkdir()
     with pytest.raises(LrfrError, match="gallery is empty"):
         tinyface.plan_tinyface(tmp_path)
+
+
+def test_landmark_warp_of_a_huge_photo_matches_the_small_one(data_dir: Path) -> None:
+    """A mugshot-sized photo (8x LFW) through warp_antialiased ≈ the 250 px original through
+    warp_face; a direct bilinear warp of the huge photo aliases and lands further away."""
+    import cv2
+
+    from lrfr_cli.align.warp import warp_face
+    from lrfr_cli.data.images import load_rgb
+    from lrfr_cli.protocols.sources import LFW_DEEPFUNNELED_LANDMARKS, warp_antialiased
+
+    img = load_rgb(data_dir / "lfw" / "lfw-deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")
+    big = cv2.resize(img, (2000, 2000), interpolation=cv2.INTER_CUBIC)
+    ref = warp_face(img, LFW_DEEPFUNNELED_LANDMARKS, 112)[0].astype(float)
+    good = warp_antialiased(big, LFW_DEEPFUNNELED_LANDMARKS * 8, 112).astype(float)
+    naive = warp_face(big, LFW_DEEPFUNNELED_LANDMARKS * 8, 112)[0].astype(float)
+    assert good.shape == (112, 112, 3)
+    err_good, err_naive = np.abs(good - ref).mean(), np.abs(naive - ref).mean()
+    assert err_good < 3.0 and err_good < err_naive
+    # no pre-shrink when the warp does not shrink much: identical to warp_face
+    np.testing.assert_array_equal(warp_antialiased(img, LFW_DEEPFUNNELED_LANDMARKS, 112), ref.astype(np.uint8))
