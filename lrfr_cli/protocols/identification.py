@@ -10,7 +10,7 @@ from . import metrics as M
 
 
 def identify(probe_emb: np.ndarray, probe_labels: list[Any], gallery_emb: np.ndarray, gallery_labels: list[Any],
-             max_rank: int = 20, ranks: tuple[int, ...] = (1, 5, 10, 20)) -> dict[str, Any]:
+             max_rank: int = 20, ranks: tuple[int, ...] = (1, 5, 10, 20), chunk: int = 512) -> dict[str, Any]:
     """Rank-k accuracies (fractions) and the CMC curve for rank 1..max_rank.
 
     Probes whose identity is not in the gallery are excluded and counted (``unmatched_probes``).
@@ -18,8 +18,12 @@ def identify(probe_emb: np.ndarray, probe_labels: list[Any], gallery_emb: np.nda
     labels = {l: i for i, l in enumerate(dict.fromkeys(list(gallery_labels) + list(probe_labels)))}
     g = np.array([labels[l] for l in gallery_labels])
     p = np.array([labels[l] for l in probe_labels])
-    sim = M.cosine_matrix(probe_emb, gallery_emb)
-    r = M.true_match_ranks(sim, p, g)
+    # Probe chunks keep memory at chunk x gallery (TinyFace: 150k distractors).
+    gal = np.asarray(gallery_emb, dtype=np.float32)
+    r = np.concatenate([
+        M.true_match_ranks(np.asarray(probe_emb[i : i + chunk], dtype=np.float32) @ gal.T, p[i : i + chunk], g)
+        for i in range(0, len(p), chunk)
+    ]) if len(p) else np.zeros(0, dtype=np.int64)
     max_rank = min(max_rank, len(gallery_labels))
     curve = M.cmc(r, max_rank)
     out: dict[str, Any] = {
