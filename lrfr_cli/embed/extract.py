@@ -120,7 +120,7 @@ class Embeddings:
         self.flip = flip
 
     def get(self, variant: Variant, rels: list[str]) -> np.ndarray:
-        e = self.cache.get(variant.name, rels).astype(np.float64)
+        e = self.cache.get(variant.name, rels).astype(np.float32)
         if self.flip:
             e = e + self.cache.get(variant.name + ".flip", rels)
         n = np.linalg.norm(e, axis=1, keepdims=True)
