@@ -256,3 +256,24 @@ def test_bad_invocations_are_one_line_errors(tmp_path: Path, ws: Path, cli) -> N
         assert r.exit_code != 0, (extra, text)
         assert len(text.splitlines()) == 1 and "Traceback" not in text, text
     assert not (ws / "aligned/e/manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_resumes_an_interrupted_run(data_dir: Path, ws: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "lfw"
+    rels = _lfw_tree(data_dir, src, 3)
+    r = cli(ws, "align", src, "--out", "lfw", "--workers", "0", "--json")
+    assert r.exit_code == 0 and r.json()["faces"] == 3
+    art = ws / "aligned/lfw"
+    # simulate a crash: manifest left 'running', one face not yet written
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    (art / rels[1]).unlink()
+    kept = (art / rels[0]).stat().st_mtime_ns
+    r = cli(ws, "align", src, "--out", "lfw", "--workers", "0", "--json")
+    out = r.json()
+    assert r.exit_code == 0 and out["resumed"] is True
+    assert out["already_done"] == 2 and out["written"] == 1 and out["faces"] == 3
+    assert (art / rels[1]).exists() and (art / rels[0]).stat().st_mtime_ns == kept
+    assert json.loads((art / "manifest.json").read_text())["status"] == "complete"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..align.pipeline import FALLBACKS, FORMATS, SELECTS, AlignConfig, align_tree, check_name_clashes, parse_size, parse_thresholds
+from ..align.pipeline import AlignConfig, align_tree, check_name_clashes, parse_size, parse_thresholds
 from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
@@ -66,8 +67,6 @@ def align(
     if not images:
         raise LrfrError(f"{src}: no images found (looked for {', '.join(parse_exts(ext))} recursively); point SRC at a folder of photos")
     if workers < 0:
-        import os
-
         workers = max(1, (os.cpu_count() or 1) - 1)
     ws.ensure_writable()
     rels = [p.relative_to(src).as_posix() for p in images]
@@ -136,5 +135,3 @@ def align(
 def register(app: typer.Typer) -> None:
     app.command("align")(align)
 
-
-__all__ = ["align", "register", "SELECTS", "FALLBACKS", "FORMATS"]
