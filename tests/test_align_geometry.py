@@ -78,6 +78,18 @@ def test_templates_for_other_sizes() -> None:
         template_with_margin(112, 60)
 
 
+def test_face_selection_rules() -> None:
+    from lrfr_cli.align.mtcnn import Detections
+    from lrfr_cli.align.pipeline import _select
+
+    boxes = np.array([[0, 0, 50, 50], [400, 280, 480, 360], [100, 100, 300, 300.0]])  # areas 2500, 6400, 40000
+    det = Detections(boxes, np.array([0.99, 0.98, 0.97]), np.zeros((3, 5, 2)))
+    assert _select(det, "largest", (1000, 600)) == [2]
+    assert _select(det, "center", (1000, 600)) == [1]  # box centre (440, 320) is nearest (500, 300)
+    assert _select(det, "all", (1000, 600)) == [2, 1, 0]  # largest first
+    assert _select(Detections.empty(), "largest", (10, 10)) == []
+
+
 def test_output_names() -> None:
     assert output_rel("a/b.png", "jpg") == "a/b.jpg"
     assert output_rel("a/b.jpeg", "jpg", 2) == "a/b_2.jpg"
