@@ -70,6 +70,11 @@ def test_train_writes_the_run_contract(cli, ws, faces):
     # Other options on the same run name: refused unless --force.
     other = cli(ws, "train", "--data", faces, *FAST, "--max-steps", "6", "--run", "r1")
     assert other.exit_code != 0 and "--force" in other.stdout + other.stderr
+    # --resume --force: continue from the kept checkpoint with the changed options.
+    more = cli(ws, "train", "--data", faces, *FAST, "--max-steps", "8", "--log-every", "1", "--run", "r1", "--resume", "--force", "--json")
+    assert more.exit_code == 0, more.stdout + more.stderr
+    assert more.json()["resumed_from"] == 5 and more.json()["steps"] == 8
+    assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
 
 
 def test_list_artifact_cache_and_val_pairs(cli, ws, faces, tmp_path):

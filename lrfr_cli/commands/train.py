@@ -71,7 +71,7 @@ def _dataset(ts: TrainingSet, use_cache: bool, ws: Workspace, workers: int, is_m
 def train(
     data: str = typer.Option(..., "--data", "-d", help="Training set: a list artifact (lists/NAME or its train.txt), a list file + --data-root, an identity folder (ROOT/<identity>/<image>), a workspace artifact (aligned/NAME) or an insightface RecordIO folder (train.rec + train.idx)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder the list's paths are relative to (default: the root recorded in the list's labels.json)."),
-    backbone: str = typer.Option("ir50", "--backbone", "-b", help=f"Backbone: {', '.join(BACKBONES)} (mobilefacenet is the one that trains on a CPU)."),
+    backbone: str = typer.Option("ir50", "--backbone", "-b", help=f"Backbone: {', '.join(BACKBONES)} (mobilefacenet trains on a CPU; tiny is a small net for tests and quick demos)."),
     loss: str = typer.Option("arcface", "--loss", "-l", help=f"Loss head: {', '.join(heads())}."),
     run_name: Optional[str] = typer.Option(None, "--run", "--run-name", help="Run name: writes <workspace>/runs/RUN/ (default: LOSS-BACKBONE). Under torchrun spell it --run-name (torchrun's parser mistakes --run for its own --run-path)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Passes over the data (with --max-steps, whichever ends first). Default 20 when neither is given."),
@@ -99,8 +99,8 @@ def train(
     val_pairs: Optional[Path] = typer.Option(None, "--val-pairs", help="Verification pairs checked after every epoch to keep best.pt: LFW format (e.g. lfw/pairsDevTest.txt) or 'path1 path2 0|1' lines."),
     val_root: Optional[Path] = typer.Option(None, "--val-root", help="Image root of --val-pairs (default: lfw-deepfunneled/ beside the pairs file). Non-112-px images are centre-cropped."),
     log_every: int = typer.Option(10, "--log-every", min=1, help="Write a metrics.jsonl line every N steps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt (an error if there is none). Re-running an interrupted run's command also resumes."),
-    force: bool = typer.Option(False, "--force", help="Start the run over, replacing a run of that name made with other options."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt (an error if there is none). Re-running an interrupted run's identical command also resumes; add --force to resume with changed options (e.g. a lower --lr)."),
+    force: bool = typer.Option(False, "--force", help="Start the run over, replacing a run of that name made with other options (with --resume: keep its checkpoint and continue with the new options)."),
 ) -> None:
     """Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."""
     st = state()
@@ -176,7 +176,10 @@ def _run(st, ws, art, name, ts, pairs, cfg, config, options, inputs, head_kw, in
     main = info.is_main
     if main:
         ws.ensure_writable()
-    ctx = art.run("train", options, inputs, force=force) if main else contextlib.nullcontext()
+    # --resume --force: continue from last.pt with changed options (e.g. a lower --lr after a NaN
+    # stop), keeping the run folder; --force alone starts over.
+    keep = resume and force
+    ctx = art.run("train", options, inputs, force=force, clear_on_force=not keep) if main else contextlib.nullcontext()
     with ctx as run:
         decision: dict[str, Any] = {}
         if main:
@@ -191,7 +194,9 @@ def _run(st, ws, art, name, ts, pairs, cfg, config, options, inputs, head_kw, in
         if "error" in decision:
             raise LrfrError(decision["error"])
         if decision.get("skip"):
-            c = run.counts if main else {}
+            if not main:
+                return
+            c = run.counts
             st.summary(
                 f"[green]up to date[/green] runs/{name}: {c.get('steps')} steps, final loss {c.get('final_loss')} (--force to retrain)",
                 {"command": "train", "run": name, "path": str(art.path), "up_to_date": True, **c},

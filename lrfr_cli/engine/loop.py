@@ -264,7 +264,7 @@ def fit(
             if not math.isfinite(loss_val):
                 msg = (
                     f"loss became {loss_val} at step {step + 1}; stopped. The last good checkpoint "
-                    f"({last_path if last_path.exists() else 'none yet'}) is kept: lower --lr, add --clip-grad or use --precision fp32, then --resume"
+                    f"({last_path if last_path.exists() else 'none yet'}) is kept: re-run with a lower --lr (or --clip-grad, or --precision fp32) and --resume --force to continue from it"
                 )
                 say(msg)
                 if main:
