@@ -126,3 +126,19 @@ def test_bad_root(cli, ws, tmp_path, kind):
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr + r.stdout
     assert not (ws / "lists").exists() or not any((ws / "lists").rglob("train.txt"))
+
+
+def test_lfw_people_file_as_exclude_and_artifact_bookkeeping_ignored(cli, ws, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "aligned"
+    for ident in ("Abel_Pacheco", "Zed", "07201"):
+        (root / ident).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / ident / "a.jpg")
+    for f in ("manifest.json", "landmarks.csv", "failures.csv"):
+        (root / f).write_text("{}")
+    people = tmp_path / "people.txt"
+    people.write_text("10\n2\nAbel_Pacheco\t4\nSomeone_Else\t1\n")  # LFW people.txt layout
+    r = cli(ws, "make-list", root, "--exclude", people, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json()["skipped_files"] == 0 and r.json()["identities"] == 2 and r.json()["excluded_identities"] == 1

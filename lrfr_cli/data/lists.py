@@ -17,6 +17,7 @@ from ..errors import LrfrError
 from .images import IMAGE_EXTS, list_images
 
 VAL_MODES = ("images", "identities")
+_BOOKKEEPING = {"manifest.json", "landmarks.csv", "failures.csv"}
 
 
 @dataclass
@@ -73,7 +74,8 @@ def build_list(
         raise LrfrError(f"--val-mode {val_mode!r}: choose one of {', '.join(VAL_MODES)}")
     exclude = set(exclude)
     identities = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    skipped_files = sum(1 for f in root.iterdir() if f.is_file())
+    # Top-level files of a workspace artifact (manifest, CSV reports) are bookkeeping, not data.
+    skipped_files = sum(1 for f in root.iterdir() if f.is_file() and not f.name.startswith(".") and f.name not in _BOOKKEEPING)
     per_id: dict[str, list[str]] = {}
     excluded, too_few = [], []
     for ident in identities:
