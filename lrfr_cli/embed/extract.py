@@ -161,6 +161,7 @@ def embed(
         stats.per_variant[variant.name] = {"images": len(rels), "computed": len(miss), "cached": len(rels) - len(miss)}
     order = list(dict.fromkeys(r for v in requests for r in requests[v] if r in todo[v]))
     if not order:
+        progress(0, total=0)  # everything cached: an empty, finished bar
         stats.seconds = time.time() - t0
         return Embeddings(cache, flip), stats
 
