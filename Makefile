@@ -32,6 +32,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/degrade.py
+	$(BIN)/python benchmarks/align.py
 
 clean:
 	rm -rf $(VENV) lrfr-workspace .pytest_cache
