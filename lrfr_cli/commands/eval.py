@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import typer
 from rich.table import Table
 
 from ..data.degrade import METHOD_HELP, METHODS, parse_sizes
-from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, resolve_model
+from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
@@ -24,6 +25,7 @@ from ..protocols.scface import parse_distances, plan_scface
 from ..protocols.sources import AlignedFolder, LfwCenterCrop
 from ..protocols.survface import plan_survface
 from ..protocols.tinyface import plan_tinyface
+from ..ui import null_progress
 from ..workspace import Workspace, atomic_write_text, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 
@@ -164,9 +166,10 @@ def eval_cmd(
     cache = EmbeddingCache(ws, cache_id, plan.images.name,
                            {"images": plan.images.describe(), "model_sha1": loaded.sha1, "precision": prec,
                             "channel_order": loaded.channel_order}, refresh=force)
-    n_req = sum(len(v) for v in plan.requests.values())
     with cache.artifact.lock():
-        with st.progress(f"embed {plan.dataset} ({len(plan.requests)} variant(s))", total=n_req) as progress:
+        todo = pending(plan.requests, cache, flip)
+        bar = st.progress(f"embed {plan.dataset} ({len(plan.requests)} variant(s))", total=todo) if todo else contextlib.nullcontext(null_progress)
+        with bar as progress:
             emb, stats = embed(loaded, plan.images, plan.requests, cache, flip=flip, device=dev, precision=prec,
                                batch_size=batch_size, workers=workers, progress=progress)
     t1 = time.time()

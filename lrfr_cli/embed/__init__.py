@@ -1,7 +1,7 @@
 """Model loading and the cached embedding pass shared by every evaluation protocol."""
 
 from .cache import EmbeddingCache
-from .extract import Embeddings, EmbedStats, ImageSet, Variant, embed, forward
+from .extract import Embeddings, EmbedStats, ImageSet, Variant, embed, forward, pending
 from .model import CHECKPOINT_CHOICES, LoadedModel, resolve_model
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "Variant",
     "embed",
     "forward",
+    "pending",
     "resolve_model",
 ]

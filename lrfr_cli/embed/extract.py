@@ -129,6 +129,16 @@ class Embeddings:
         return (e / n).astype(np.float32)
 
 
+def pending(requests: dict[Variant, Iterable[str]], cache: EmbeddingCache, flip: bool = False) -> int:
+    """How many images still need the network (0: everything is cached)."""
+    todo: set[str] = set()
+    for variant, rels in requests.items():
+        rels = list(rels)
+        for f in [variant.name] + ([variant.name + ".flip"] if flip else []):
+            todo.update(cache.missing(f, rels))
+    return len(todo)
+
+
 def embed(
     model: LoadedModel,
     images: ImageSet,
@@ -161,7 +171,6 @@ def embed(
         stats.per_variant[variant.name] = {"images": len(rels), "computed": len(miss), "cached": len(rels) - len(miss)}
     order = list(dict.fromkeys(r for v in requests for r in requests[v] if r in todo[v]))
     if not order:
-        progress(0, total=0)  # everything cached: an empty, finished bar
         stats.seconds = time.time() - t0
         return Embeddings(cache, flip), stats
 
