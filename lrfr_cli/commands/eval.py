@@ -156,6 +156,9 @@ def eval_cmd(
     if loaded.input_size != 112:
         raise LrfrError(f"model input size {loaded.input_size}: eval supports 112x112 models")
     ws.ensure_writable()
+    if dataset == "lfw" and plan.info["folds"] > 1 and "lfw" in json.dumps(loaded.config.get("data", "")).lower():
+        st.warn("this run was trained on LFW images: View 2 shares its identities; score it on View 1 "
+                "(--pairs $LRFR_DATA/lfw/pairsDevTest.txt) with a model trained on peopleDevTrain.txt identities")
 
     t_align = time.time()
     if dataset == "lfw":
