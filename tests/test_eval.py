@@ -441,3 +441,12 @@ def test_prealigned_folder_gives_the_center_crop_numbers(cli, ws, data_dir, lfw_
     for k in ("8", "112"):
         assert got["results"][k]["accuracy"] == ref["results"][k]["accuracy"]
         assert got["results"][k]["auc"] == pytest.approx(ref["results"][k]["auc"], abs=1e-9)
+
+
+def test_warns_when_a_model_trained_on_lfw_is_scored_on_view2(cli, ws, data_dir, lfw_small, counter) -> None:
+    run = _make_run(ws)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "data": str(ws / "aligned" / "lfw-devtrain")}))
+    r = cli(ws, *_lfw_args(data_dir, lfw_small, "--sizes", "112")[:-1])
+    assert r.exit_code == 0
+    assert "View 2 shares its identities" in r.stdout + r.stderr
