@@ -305,3 +305,20 @@ def test_landmark_warp_of_a_huge_photo_matches_the_small_one(data_dir: Path) -> 
     assert err_good < 3.0 and err_good < err_naive
     # no pre-shrink when the warp does not shrink much: identical to warp_face
     np.testing.assert_array_equal(warp_antialiased(img, LFW_DEEPFUNNELED_LANDMARKS, 112), ref.astype(np.uint8))
+
+
+def test_real_scface_landmark_lists_parse(data_dir: Path) -> None:
+    """The Deep Siamese protocol files in $LRFR_DATA: 130 mugshots, 649 probes per distance."""
+    import re
+
+    lm = data_dir / "protocols" / "scface"
+    gal = scface.read_landmarks(lm / "scface_mugshot.csv")
+    assert len(gal) == 130 and all(re.fullmatch(r"mugshot_frontal_original_all/\d{3}_frontal\.jpg", r) for r, _, _ in gal)
+    for d in (1, 2, 3):
+        rows = scface.read_landmarks(lm / f"scface_distance{d}.csv")
+        assert len(rows) == 649
+        names = [Path(r).stem for r, _, _ in rows]
+        assert all(scface._PROBE_RE.match(n) and int(scface._PROBE_RE.match(n).group(3)) == d for n in names)
+        assert {int(scface._PROBE_RE.match(n).group(2)) for n in names} == {1, 2, 3, 4, 5}
+        pts = np.stack([p for _, p, _ in rows])
+        assert np.all(pts[:, 0, 0] < pts[:, 1, 0])  # left eye left of the right eye
