@@ -308,7 +308,9 @@ def test_landmark_warp_of_a_huge_photo_matches_the_small_one(data_dir: Path) -> 
 
 
 def test_real_scface_landmark_lists_parse(data_dir: Path) -> None:
-    """The Deep Siamese protocol files in $LRFR_DATA: 130 mugshots, 649 probes per distance."""
+    """The Deep Siamese protocol files in $LRFR_DATA: 130 mugshots, 130 x 5 probes per distance.
+
+    (`wc -l` says 649: the last line has no newline; every subject has all five cameras.)"""
     import re
 
     lm = data_dir / "protocols" / "scface"
@@ -316,8 +318,8 @@ def test_real_scface_landmark_lists_parse(data_dir: Path) -> None:
     assert len(gal) == 130 and all(re.fullmatch(r"mugshot_frontal_original_all/\d{3}_frontal\.jpg", r) for r, _, _ in gal)
     for d in (1, 2, 3):
         rows = scface.read_landmarks(lm / f"scface_distance{d}.csv")
-        assert len(rows) == 649
         names = [Path(r).stem for r, _, _ in rows]
+        assert len(rows) == len(set(names)) == 650
         assert all(scface._PROBE_RE.match(n) and int(scface._PROBE_RE.match(n).group(3)) == d for n in names)
         assert {int(scface._PROBE_RE.match(n).group(2)) for n in names} == {1, 2, 3, 4, 5}
         pts = np.stack([p for _, p, _ in rows])
