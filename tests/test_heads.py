@@ -153,3 +153,17 @@ def test_unknown_loss_lists_choices():
         build_head("tripletface", 5, 4)
     for name in HEADS:
         assert name in str(e.value)
+
+
+def test_logits_stay_fp32_under_bf16_autocast(batch):
+    """A 0.35 margin on cosines rounded to bf16 (8 bits of mantissa) would be noise."""
+    emb, w, labels = batch
+    for name in HEADS:
+        head = build_head(name, 5, 4)
+        x = _setup(head, emb, w)
+        ref = head(x, torch.from_numpy(labels))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(x.bfloat16(), torch.from_numpy(labels))
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, head(x.bfloat16().float(), torch.from_numpy(labels)))
+        assert ref.dtype == torch.float32

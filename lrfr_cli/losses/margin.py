@@ -41,9 +41,10 @@ class MarginHead(nn.Module):
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``B×C`` cosines, computed in fp32 (bf16/fp16 would blur small angular margins)."""
-        e = F.normalize(embeddings.float(), dim=1)
-        w = F.normalize(self.weight.float(), dim=1)
-        return (e @ w.t()).clamp(-1.0, 1.0)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            e = F.normalize(embeddings.float(), dim=1)
+            w = F.normalize(self.weight.float(), dim=1)
+            return (e @ w.t()).clamp(-1.0, 1.0)
 
     def margins(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None) -> torch.Tensor:
         """The per-sample margin (length B); adaptive heads override this."""

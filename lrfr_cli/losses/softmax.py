@@ -21,7 +21,8 @@ class SoftmaxHead(nn.Module):
         nn.init.normal_(self.weight, std=0.01)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, margin: object = None) -> torch.Tensor:
-        return F.linear(embeddings.float(), self.weight.float(), self.bias.float())
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):  # logits in fp32
+            return F.linear(embeddings.float(), self.weight.float(), self.bias.float())
 
     def step(self, step: int) -> None:
         pass
