@@ -123,7 +123,10 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100 SXM dense bf16: 989)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--loader-batches", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default); 1 is steadier on shared cores")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     batch = args.batch_size or (128 if dev.type == "cuda" else 8)
     hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"

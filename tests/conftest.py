@@ -66,7 +66,7 @@ def trained_model(tmp_path_factory, data_dir: Path) -> tuple[Path, str]:
 
     ``lrfr make-list`` holds out 10 % of each identity's images (``lists/celeba/val.txt``: unseen
     images of training identities), then ``lrfr train`` fits the ``tiny`` backbone with a softmax
-    head for one epoch (AdamW, cached uint8 pack): about 3 minutes on 2 busy cores. Its embeddings
+    head for one epoch (AdamW, cached uint8 pack, one thread): about 1 minute on 2 busy cores. Its embeddings
     separate identities clearly better than chance (asserted in tests/test_train_learning.py).
     Use ``runs/<name>/checkpoints/last.pt`` (``config.json`` beside it names the backbone).
     """
@@ -87,6 +87,6 @@ def trained_model(tmp_path_factory, data_dir: Path) -> tuple[Path, str]:
     run(
         "train", "--data", "lists/celeba", "--backbone", "tiny", "--loss", "softmax", "--optimizer", "adamw",
         "--lr", "2e-3", "--weight-decay", "0.05", "--epochs", "1", "--batch-size", "64", "--workers", "0",
-        "--cache", "--seed", "0", "--device", "cpu", "--run", TRAINED_RUN,
+        "--cache", "--seed", "0", "--device", "cpu", "--threads", "1", "--run", TRAINED_RUN,
     )
     return ws, TRAINED_RUN

@@ -14,7 +14,7 @@ from lrfr_cli.engine import load_checkpoint
 from lrfr_cli.losses import HEADS
 from lrfr_cli.models import BACKBONES, build_backbone
 
-FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--threads", "1"]
 
 
 def make_faces(root: Path, identities: int = 3, per: int = 4) -> Path:

@@ -53,12 +53,12 @@ def test_sigkill_then_resume_equals_uninterrupted(cli, tmp_path):
     # tiny has BatchNorm, so running statistics must survive the restart too.
     args = ["train", "--data", str(faces), "--backbone", "tiny", "--embedding-size", "64", "--loss", "arcface",
             "--batch-size", "4", "--max-steps", "40", "--checkpoint-every", "5", "--log-every", "1", "--workers", "0",
-            "--device", "cpu", "--lr", "0.05", "--warmup-steps", "3", "--run", "r"]
+            "--device", "cpu", "--threads", "1", "--lr", "0.05", "--warmup-steps", "3", "--run", "r"]
     ref_ws, ws = tmp_path / "ref", tmp_path / "ws"
     r = cli(ref_ws, *args)
     assert r.exit_code == 0, r.stdout + r.stderr
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env = dict(os.environ)
     proc = subprocess.Popen([LRFR, "-w", str(ws), "--quiet", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     metrics = ws / "runs" / "r" / "metrics.jsonl"
     deadline = time.time() + 240
@@ -96,7 +96,7 @@ def test_ddp_two_processes_equal_one_process(cli, tmp_path):
     faces = make_faces(tmp_path / "faces", identities=3, per=4)
     args = ["train", "--data", str(faces), "--backbone", "sphere20", "--loss", "cosface", "--batch-size", "4",
             "--max-steps", "4", "--workers", "0", "--device", "cpu", "--lr", "0.01", "--log-every", "1",
-            "--embedding-size", "64", "--run-name", "d"]
+            "--embedding-size", "64", "--threads", "1", "--run-name", "d"]
     one = tmp_path / "one"
     r = cli(one, *args)
     assert r.exit_code == 0, r.stdout + r.stderr

@@ -98,6 +98,7 @@ def train(
     cache: bool = typer.Option(False, "--cache", help="Pack the training set once into a uint8 memmap in <workspace>/cache/ so training is not JPEG-bound."),
     val_pairs: Optional[Path] = typer.Option(None, "--val-pairs", help="Verification pairs checked after every epoch to keep best.pt: LFW format (e.g. lfw/pairsDevTest.txt) or 'path1 path2 0|1' lines."),
     val_root: Optional[Path] = typer.Option(None, "--val-root", help="Image root of --val-pairs (default: lfw-deepfunneled/ beside the pairs file). Non-112-px images are centre-cropped."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of this process (0 = torch's default, all cores). On cores shared with other jobs, 1 can be many times faster: busy cores stall multi-threaded kernels."),
     log_every: int = typer.Option(10, "--log-every", min=1, help="Write a metrics.jsonl line every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt (an error if there is none). Re-running an interrupted run's identical command also resumes; add --force to resume with changed options (e.g. a lower --lr)."),
     force: bool = typer.Option(False, "--force", help="Start the run over, replacing a run of that name made with other options (with --resume: keep its checkpoint and continue with the new options)."),
@@ -163,11 +164,15 @@ def train(
     if val_pairs:
         inputs["val_pairs"] = fingerprint_file(val_pairs)
 
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     info = init_distributed(dev)
     try:
         _run(st, ws, art, name, ts, pairs, cfg, config, options, inputs, head_kw, info, dev, resume, force, cache)
     finally:
         cleanup()
+        torch.set_num_threads(old_threads)  # in-process callers (tests) get their setting back
 
 
 def _run(st, ws, art, name, ts, pairs, cfg, config, options, inputs, head_kw, info, dev, resume, force, cache) -> None:  # type: ignore[no-untyped-def]
