@@ -156,3 +156,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, ws, faces):
 def test_bad_batch_and_device_options(cli, ws, faces):
     assert "fewer than --batch-size" in _err(cli(ws, "train", "--data", faces, "--backbone", "tiny", "--batch-size", "64", "--max-steps", "1", "--workers", "0"))
     assert "fp16" in _err(cli(ws, "train", "--data", faces, *FAST, "--precision", "fp16", "--max-steps", "1"))
+
+
+def test_data_from_workspace_artifact_and_recordio(cli, ws, faces):
+    from lrfr_cli.data.datasets import resolve_training_data
+    from lrfr_cli.data.recordio import write_recordio
+
+    import shutil
+
+    shutil.copytree(faces, ws / "aligned" / "syn")
+    threads = torch.get_num_threads()
+    r = cli(ws, "train", "--data", "aligned/syn", *FAST, "--max-steps", "2", "--run", "a", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert torch.get_num_threads() == threads  # --threads is restored for in-process callers
+    ts = resolve_training_data(faces, None, ws)
+    write_recordio(ws / "rec", [((faces / rel).read_bytes(), lab) for rel, lab in ts.entries])
+    r = cli(ws, "train", "--data", ws / "rec", *FAST, "--max-steps", "2", "--run", "rec", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.json()["images"] == 12 and r.json()["num_classes"] == 3
+    assert json.loads((ws / "runs" / "rec" / "config.json").read_text())["data_kind"] == "recordio"
