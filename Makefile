@@ -33,6 +33,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/degrade.py
 	$(BIN)/python benchmarks/align.py
+	$(BIN)/python benchmarks/eval.py
 
 clean:
 	rm -rf $(VENV) lrfr-workspace .pytest_cache
