@@ -59,7 +59,7 @@ class _App(typer.Typer):
 
 app = _App(
     name="lrfr",
-    help="Low-resolution face recognition: align, make-list, degrade, train, finetune, eval, report.",
+    help="Low-resolution face recognition: align, make-list, degrade, train, eval, status (finetune and report are planned).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
