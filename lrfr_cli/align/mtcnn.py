@@ -18,9 +18,15 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torchvision.ops import batched_nms
 
 from ..errors import LrfrError
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou: float) -> torch.Tensor:
+    """torchvision's NMS, imported on first use: importing torchvision costs ~2.5 s of CLI start-up."""
+    from torchvision.ops import batched_nms as nms
+
+    return nms(boxes, scores, idxs, iou)
 
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
 DEFAULT_FACTOR = 0.709
