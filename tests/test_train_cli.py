@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lrfr_cli.engine import load_checkpoint
+from synthetic import make_identity_faces
 from lrfr_cli.losses import HEADS
 from lrfr_cli.models import BACKBONES, build_backbone
 
@@ -18,15 +18,7 @@ FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--worke
 
 
 def make_faces(root: Path, identities: int = 3, per: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(identities):
-        base = rng.random((112, 112, 3)) * 255
-        for j in range(per):
-            d = root / f"id{i:02d}"
-            d.mkdir(parents=True, exist_ok=True)
-            img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{j}.png")
-    return root
+    return make_identity_faces(root, identities, per, seed=0, noise=20.0)
 
 
 class Evil:

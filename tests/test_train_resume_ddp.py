@@ -13,22 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lrfr_cli.engine import load_checkpoint
+from synthetic import make_identity_faces
 
 LRFR = str(Path(sys.executable).parent / "lrfr")
 
 
 def make_faces(root: Path, identities: int = 3, per: int = 8) -> Path:
-    rng = np.random.default_rng(1)
-    for i in range(identities):
-        base = rng.random((112, 112, 3)) * 255
-        for j in range(per):
-            d = root / f"id{i:02d}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)).save(d / f"{j}.png")
-    return root
+    return make_identity_faces(root, identities, per, seed=1, noise=25.0)
 
 
 def _weights(ws: Path, run: str) -> dict[str, torch.Tensor]:

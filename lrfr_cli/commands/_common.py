@@ -6,10 +6,12 @@ import functools
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import typer
 
+from ..data.images import check_folder
 from ..errors import LrfrError
 from ..ui import State
 from ..workspace import Workspace
@@ -84,3 +86,10 @@ def fail(message: str) -> None:
 
 def print_err(message: str) -> None:
     sys.stderr.write(message + "\n")
+
+
+def resolve_input(path: Path, ws_root: Path) -> Path:
+    """A real folder, or a workspace-relative artifact path such as ``aligned/NAME``."""
+    if not path.exists() and not path.is_absolute() and (ws_root / path).exists():
+        path = ws_root / path
+    return check_folder(path)

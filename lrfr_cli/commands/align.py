@@ -14,8 +14,7 @@ from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
 from ..workspace import fingerprint_tree
-from ._common import handle_errors, state, workspace
-from .make_list import resolve_input
+from ._common import handle_errors, resolve_input, state, workspace
 
 
 @handle_errors

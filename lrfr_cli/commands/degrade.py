@@ -17,8 +17,7 @@ from ..data.degrade_files import FORMATS, degrade_tree
 from ..data.images import list_images, parse_exts
 from ..errors import LrfrError
 from ..workspace import atomic_write_text, fingerprint_tree
-from ._common import handle_errors, state, workspace
-from .make_list import resolve_input
+from ._common import handle_errors, resolve_input, state, workspace
 
 
 @handle_errors

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from ..data.images import check_folder, parse_exts
+from ..data.images import parse_exts
 from ..data.lists import VAL_MODES, build_list, format_list, labels_json, read_names
 from ..workspace import atomic_write_text, fingerprint_file, fingerprint_tree
-from ._common import handle_errors, state, workspace
+from ._common import handle_errors, resolve_input, state, workspace
 
 
 @handle_errors
@@ -78,13 +78,6 @@ def make_list(
         f" ({len(res.excluded)} excluded, {len(res.too_few)} below --min-images)",
         {"command": "make-list", "name": name, "path": str(art.path), "up_to_date": False, **counts},
     )
-
-
-def resolve_input(path: Path, ws_root: Path) -> Path:
-    """A real folder, or a workspace-relative artifact path such as ``aligned/NAME``."""
-    if not path.exists() and not path.is_absolute() and (ws_root / path).exists():
-        path = ws_root / path
-    return check_folder(path)
 
 
 def register(app: typer.Typer) -> None:
