@@ -10,7 +10,7 @@ export LRFR_DATA
 DEMO_WS ?= $(CURDIR)/lrfr-workspace
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench compare clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-fast: install
 
 demo: install
 	LRFR_WORKSPACE=$(DEMO_WS) bash scripts/demo.sh
+
+# The thesis comparison: five margin losses with Cross-Resolution Batches, LFW View 2 HR-LR table.
+compare: install
+	LRFR_WORKSPACE=$(DEMO_WS) $(BIN)/python benchmarks/compare_losses.py $(COMPARE_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/degrade.py
