@@ -131,3 +131,39 @@ def test_degenerate_inputs_are_user_errors() -> None:
         M.roc_curve(np.array([np.nan, 0.2]), np.array([1, 0]))
     with pytest.raises(LrfrError):
         M.cmc(np.array([0, 0]))
+
+
+def _brute_pessimistic_rank(row: np.ndarray, probe: int, gal: np.ndarray) -> int:
+    """Plain loop: 1 + wrong-identity entries whose score is >= the best correct score."""
+    best = max(row[j] for j in range(gal.size) if gal[j] == probe)
+    return 1 + sum(1 for j in range(gal.size) if gal[j] != probe and row[j] >= best)
+
+
+def test_constant_embeddings_score_rank1_zero_not_perfect() -> None:
+    # A network that returns the same vector for every face: every similarity is equal.
+    n_id, per_id = 130, 5
+    gal = np.arange(n_id)
+    probes = np.repeat(np.arange(n_id), per_id)
+    e = np.ones((1, 8)) / np.sqrt(8)
+    sim = np.repeat(e, probes.size, 0) @ np.repeat(e, n_id, 0).T
+    ranks = M.true_match_ranks(sim, probes, gal)
+    assert np.all(ranks == n_id)  # behind all 129 wrong mugshots
+    curve = M.cmc(ranks, n_id)
+    assert curve[0] == 0.0
+    assert np.all(curve[:-1] == 0.0) and curve[-1] == 1.0
+
+
+def test_tied_ranks_equal_pessimistic_brute_force() -> None:
+    rng = np.random.default_rng(6)
+    gal = np.r_[np.arange(25), rng.integers(0, 25, 15), np.full(20, -1)]
+    probes = rng.integers(0, 25, 150)
+    sim = np.round(rng.normal(size=(150, gal.size)) + 0.8 * (probes[:, None] == gal[None, :]), 1)  # many ties
+    ranks = M.true_match_ranks(sim, probes, gal)
+    want = np.array([_brute_pessimistic_rank(sim[i], probes[i], gal) for i in range(150)])
+    np.testing.assert_array_equal(ranks, want)
+    # Ties do occur at the true score here, so the check is not vacuous:
+    optimistic = np.array([1 + sum(1 for j in range(gal.size) if gal[j] != probes[i] and sim[i, j] > sim[i][gal == probes[i]].max())
+                           for i in range(150)])
+    assert np.sum(want != optimistic) > 5
+    curve = M.cmc(ranks, 20)
+    np.testing.assert_allclose(curve, [np.mean(want <= k) for k in range(1, 21)])

@@ -7,13 +7,12 @@ numbers. That split is what lets one cached embedding pass serve every pair, gal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..data.degrade import DegradeSpec
 from ..embed import Embeddings, ImageSet, Variant
-from ..errors import LrfrError
 
 
 @dataclass
@@ -33,7 +32,3 @@ def variant_for(size: int | None, input_size: int, method: str, *, blur: float =
         return Variant(None)
     return Variant(DegradeSpec(size=min(size, input_size), method=method, blur=blur, noise=noise, jpeg=jpeg), seed)
 
-
-def expect_layout(root: Path, what: str, layout: str) -> None:
-    """One-line error naming the expected layout when a dataset folder is missing."""
-    raise LrfrError(f"{what} not found at {root}; expected layout: {layout} (pass --data ROOT)")

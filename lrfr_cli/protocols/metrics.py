@@ -149,13 +149,22 @@ def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) ->
 
 
 # --------------------------------------------------------------------------- identification
+TIES = "pessimistic"
+TIES_NOTE = (
+    "rank = 1 + number of wrong-identity gallery entries scoring >= the best correct one "
+    "(ties count against the probe: a model that scores every face alike gets rank-1 = 0)"
+)
+
+
 def true_match_ranks(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
     """1-based rank of the best-scoring correct gallery entry for each probe.
 
     ``sim`` is probes × gallery. The rank is 1 + the number of wrong-identity gallery entries
-    scoring strictly higher than the best correct one (ties resolved in the probe's favour;
-    with continuous scores ties do not occur). Probes whose identity is absent from the gallery
-    get rank 0 (callers exclude or count them).
+    scoring *at least* as high as the best correct one: ties are counted against the probe
+    (pessimistic). Resolving them in the probe's favour would let a degenerate model that
+    outputs the same vector for every face score rank-1 = 100 %; with continuous scores from a
+    working model ties practically never occur, so the convention only bites where it should.
+    Probes whose identity is absent from the gallery get rank 0 (callers exclude or count them).
     """
     sim = np.asarray(sim, dtype=np.float64)
     p = np.asarray(probe_labels)
@@ -165,8 +174,8 @@ def true_match_ranks(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels: 
     match = p[:, None] == g[None, :]
     has = match.any(axis=1)
     best_true = np.where(match, sim, -np.inf).max(axis=1)
-    wrong_higher = (np.where(match, -np.inf, sim) > best_true[:, None]).sum(axis=1)
-    return np.where(has, wrong_higher + 1, 0).astype(np.int64)
+    wrong_not_lower = (np.where(match, -np.inf, sim) >= best_true[:, None]).sum(axis=1)
+    return np.where(has, wrong_not_lower + 1, 0).astype(np.int64)
 
 
 def cmc(ranks: np.ndarray, max_rank: int = 20) -> np.ndarray:
@@ -176,16 +185,6 @@ def cmc(ranks: np.ndarray, max_rank: int = 20) -> np.ndarray:
     if r.size == 0:
         raise LrfrError("no probe has a matching identity in the gallery")
     return np.array([float(np.mean(r <= k)) for k in range(1, max_rank + 1)])
-
-
-def cosine_matrix(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """``a @ b.T`` for L2-normalised rows, chunked so a 150k-image gallery stays in memory."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
-    for i in range(0, a.shape[0], chunk):
-        out[i : i + chunk] = a[i : i + chunk] @ b.T
-    return out
 
 
 def pair_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

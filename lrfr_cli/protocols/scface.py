@@ -9,6 +9,9 @@ and aligns every face with the 5-point landmark lists of the Deep Siamese protoc
 (``scface_mugshot.csv``, ``scface_distance{1,2,3}.csv``: ``path,x1,y1,...,x5,y5``) through the
 same similarity warp as ``lrfr align``, so rank-1 is comparable with that paper. Distances:
 1 = 4.20 m (smallest faces), 2 = 2.60 m, 3 = 1.00 m.
+
+A mugshot that ties the true one counts against the probe (see
+:func:`lrfr_cli.protocols.metrics.true_match_ranks`; noted as ``rank_ties`` in the eval JSON).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from ..data.images import IMAGE_EXTS
 from ..embed import Embeddings, Variant
 from ..errors import LrfrError
+from . import metrics as M
 from .base import Plan
 from .identification import identify
 from .sources import LandmarkWarp
@@ -31,8 +35,8 @@ DISTANCE_METRES = {1: 4.20, 2: 2.60, 3: 1.00}
 GALLERY_DIR = "mugshot_frontal_original_all"
 PROBE_DIR = "surveillance_cameras_all"
 LAYOUT = f"ROOT/{GALLERY_DIR}/<id>_frontal.jpg and ROOT/{PROBE_DIR}/<id>_cam<1-5>_<1-3>.jpg"
-_GALLERY_RE = re.compile(r"^(\d+)_frontal$", re.I)
-_PROBE_RE = re.compile(r"^(\d+)_cam(\d+)_(\d+)$", re.I)
+_GALLERY_RE = re.compile(r"^(\d+)_frontal$", re.IGNORECASE)
+_PROBE_RE = re.compile(r"^(\d+)_cam(\d+)_(\d+)$", re.IGNORECASE)
 
 
 def parse_distances(text: str) -> list[int]:
@@ -147,5 +151,5 @@ def plan_scface(root: Path, landmarks_dir: Path, distances: list[int], input_siz
         images=images,
         requests=requests,
         score=score,
-        info={"landmarks": str(landmarks_dir), "distances": distances, "gallery": len(gallery)},
+        info={"landmarks": str(landmarks_dir), "distances": distances, "gallery": len(gallery), "rank_ties": M.TIES_NOTE},
     )
