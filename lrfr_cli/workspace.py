@@ -11,8 +11,9 @@ times. The rules that make re-runs cheap and crashes harmless:
   (temp name, fsync, rename), so whatever exists is whole and can be kept;
 * an artifact with a different key is never silently overwritten: the user chooses ``--force`` or
   another name;
-* an exclusive ``flock`` on ``.lock`` refuses a second writer; the kernel drops it when the
-  process dies, even by SIGKILL, so a crash never leaves a stale lock.
+* an exclusive POSIX record lock (``fcntl``) on ``.lock`` refuses a second writer; it belongs
+  to the process that took it, so the kernel drops it the moment that process dies, even by
+  SIGKILL, and worker processes it forked cannot keep it alive (see :func:`_acquire`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -167,6 +169,114 @@ def make_key(command: str, options: dict[str, Any], inputs: dict[str, Any]) -> s
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
+# --------------------------------------------------------------------------- locks
+# Why POSIX record locks (``fcntl(F_SETLK)`` via ``fcntl.lockf``) and not ``flock``:
+#
+# A ``flock`` belongs to the open file description, which ``fork()`` shares with the child. The
+# DataLoader workers of train/eval (and any other forked helper) therefore held the writer lock
+# too, and when the parent was SIGKILLed (pre-emption) the orphaned workers kept it for seconds:
+# the scheduler's immediate re-run was refused although the writer was dead. A record lock
+# belongs to the *process* that took it: a forked child does not inherit it, whatever forked it
+# (``os.fork``, a C library's fork, multiprocessing), so the lock dies exactly with its owner.
+# ``flock`` + ``os.register_at_fork`` closing the descriptor in children would miss forks that do
+# not run Python's fork hooks; the record lock needs no cooperation from the child.
+#
+# Record locks have two traps, and this module closes both:
+# * closing ANY descriptor of the file releases every record lock the process holds on it, so a
+#   held lock keeps its one descriptor open for the lock's whole life, and this process never
+#   opens (or closes) a lock file that it already holds;
+# * they never conflict within one process, so two writers in the same process (threads, or the
+#   in-process test runner) would both "get" the lock; the registry ``_HELD`` below gives the
+#   same exclusion inside one process that the kernel gives between processes.
+_HELD: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) of a lock file -> its open descriptor
+_HELD_GUARD = threading.Lock()
+
+
+def _forget_locks_in_child() -> None:
+    """A forked child owns none of its parent's record locks: drop the inherited bookkeeping.
+
+    The guard is replaced, not acquired (another thread may have held it at the fork), and the
+    inherited descriptors are closed; a child's close does not touch the parent's locks.
+    """
+    global _HELD_GUARD
+    _HELD_GUARD = threading.Lock()
+    fds = list(_HELD.values())
+    _HELD.clear()
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+@dataclass
+class _Held:
+    key: tuple[int, int]
+    fd: int
+    pid: int  # the owner; a forked child leaving the ``with`` block must not touch the fd
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+
+
+def _acquire(path: Path, rel: str, ws_root: Path) -> _Held:
+    """Take the exclusive record lock on ``path`` or raise :class:`LockedError` at once."""
+
+    def refuse(pid: str) -> LockedError:
+        return LockedError(f"{rel} is being written by another lrfr process (pid {pid}); wait for it to finish")
+
+    with _HELD_GUARD:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise LrfrError(f"cannot write to the workspace at {ws_root}: {e.strerror}") from e
+        if st is not None and (st.st_dev, st.st_ino) in _HELD:
+            # Held by this very process: opening and closing another descriptor would release it.
+            raise refuse(str(os.getpid()))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as e:
+            raise LrfrError(f"cannot write to the workspace at {ws_root}: permission denied") from e
+        except OSError as e:
+            raise LrfrError(f"cannot write to the workspace at {ws_root}: {e.strerror}") from e
+        try:
+            fst = os.fstat(fd)
+            key = (fst.st_dev, fst.st_ino)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                    raise refuse(_holder(fd)) from e
+                raise
+            # The pid is for the refusal message only; the kernel, not this file, decides.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            os.close(fd)  # we hold no lock on this file, so closing releases nothing of ours
+            raise
+        _HELD[key] = fd
+        return _Held(key, fd, os.getpid())
+
+
+def _release(held: _Held) -> None:
+    if held.pid != os.getpid():
+        return  # a forked child: it never owned the lock, and its copy of the fd is closed
+    with _HELD_GUARD:
+        if _HELD.get(held.key) == held.fd:
+            del _HELD[held.key]
+        try:
+            fcntl.lockf(held.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(held.fd)
+
+
 # --------------------------------------------------------------------------- artifacts
 @dataclass
 class Run:
@@ -225,29 +335,15 @@ class Artifact:
         """Exclusive writer lock; refuses (does not wait) when another process holds it."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError as e:
             raise LrfrError(f"cannot write to the workspace at {self.workspace.root}: permission denied") from e
         except OSError as e:
             raise LrfrError(f"cannot write to the workspace at {self.workspace.root}: {e.strerror}") from e
+        held = _acquire(self.path / LOCK, self.rel, self.workspace.root)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
-                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                    raise LockedError(
-                        f"{self.rel} is being written by another lrfr process (pid {holder}); wait for it to finish"
-                    ) from e
-                raise
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield
         finally:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+            _release(held)
 
     @contextmanager
     def run(

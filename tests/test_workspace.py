@@ -245,3 +245,88 @@ def test_global_options_after_subcommand(cli, ws, src):
     r = cli(None, "make-list", src, "--json", "-w", ws, "--out", "z")
     assert r.exit_code == 0, r.stderr
     assert r.json()["images"] == 40 and (ws / "lists" / "z" / "train.txt").exists()
+
+
+# --------------------------------------------------------------------------- lock ownership (issue 9.2)
+def _try_lock_in_subprocess(ws: Path, rel: str) -> str:
+    """'free' or 'locked', as another process sees the artifact's lock."""
+    code = (
+        "import sys; from lrfr_cli.workspace import Workspace; from lrfr_cli.errors import LockedError\n"
+        "try:\n"
+        f"    with Workspace({str(ws)!r}).artifact(*{rel.split('/')!r}).lock(): print('free')\n"
+        "except LockedError: print('locked')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_lock_dies_with_its_process_not_with_forked_children(tmp_path):
+    """A forked child (a DataLoader worker) outliving its SIGKILLed parent must not keep the lock.
+
+    With ``flock`` the child shares the open file description and so the lock: this test then sees
+    ``LockedError`` until the orphan exits."""
+    ws = tmp_path / "ws"
+    code = (
+        "import os, sys, time; from lrfr_cli.workspace import Workspace\n"
+        f"cm = Workspace({str(ws)!r}).artifact('x').lock(); cm.__enter__()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        from lrfr_cli.errors import LockedError
+
+        with pytest.raises(LockedError, match=f"pid {proc.pid}"):
+            with Workspace(ws).artifact("x").lock():
+                pass
+        proc.kill()  # the parent only: its child lives on as an orphan
+        proc.wait()
+        os.kill(child, 0)  # still alive
+        with Workspace(ws).artifact("x").lock():
+            pass
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_lock_excludes_within_one_process_and_a_refusal_keeps_it(tmp_path):
+    """Record locks never conflict inside one process, and closing any descriptor of the file
+    drops them: a second in-process writer must be refused without releasing the first's lock."""
+    from lrfr_cli.errors import LockedError
+
+    ws = tmp_path / "ws"
+    first = Workspace(ws).artifact("a", "b")
+    with first.lock():
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            with Workspace(ws).artifact("a", "b").lock():  # another object, same file
+                pass
+        assert _try_lock_in_subprocess(ws, "a/b") == "locked"  # the refusal did not release it
+        with Workspace(ws).artifact("a", "c").lock():  # another artifact is independent
+            pass
+        assert _try_lock_in_subprocess(ws, "a/b") == "locked"
+    assert _try_lock_in_subprocess(ws, "a/b") == "free"
+    with Workspace(ws).artifact("a", "b").lock():  # released in-process too
+        pass
+
+
+def test_forked_child_leaving_the_lock_block_leaves_the_parents_lock(tmp_path):
+    ws = tmp_path / "ws"
+    with Workspace(ws).artifact("x").lock():
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 0
+            try:
+                from lrfr_cli.workspace import _HELD
+
+                code = 1 if _HELD else 0  # the child owns none of the parent's locks
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _try_lock_in_subprocess(ws, "x") == "locked"
