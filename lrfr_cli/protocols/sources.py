@@ -41,6 +41,49 @@ def _fit(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
+PAD_MODES = {"edge": cv2.BORDER_REPLICATE, "zero": cv2.BORDER_CONSTANT}
+
+
+def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """``(height, width)`` of a ``h x w`` crop scaled so its longer side is ``size`` (aspect kept)."""
+    scale = size / max(h, w)
+    return max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+
+
+def letterbox(img: np.ndarray, size: int, pad: str = "edge") -> np.ndarray:
+    """A face crop of any shape → ``size x size``: the longer side scaled to ``size``, aspect kept,
+    the short side padded symmetrically (the odd pixel goes to the bottom/right).
+
+    Stretching a 20x14 surveillance crop to a square widens the face by 40 %, a distortion the
+    network never saw in training; letterboxing keeps its geometry. ``pad="edge"`` (default)
+    replicates the border pixels rather than adding black bands: the padding then continues the
+    crop's own background colours instead of putting a high-contrast edge beside the face.
+
+    The filter is chosen from both axes' factors: shrinking on both → ``INTER_AREA`` (anti-aliased
+    box), enlarging on both → ``INTER_CUBIC`` (the up-sampling filter ``degrade`` uses). With the
+    aspect ratio kept the two factors only differ through rounding (one axis left unchanged), so
+    a mixed case never shrinks one axis while enlarging the other; if it did, the longer side's
+    factor (the true scale) would decide.
+    """
+    if pad not in PAD_MODES:
+        raise ValueError(f"pad {pad!r}: choose one of {', '.join(PAD_MODES)}")
+    h, w = img.shape[:2]
+    nh, nw = letterbox_shape(h, w, size)
+    if (nh, nw) != (h, w):
+        fy, fx = nh / h, nw / w
+        if fy <= 1 and fx <= 1:
+            shrink = True
+        elif fy >= 1 and fx >= 1:
+            shrink = False
+        else:
+            shrink = (fy if h >= w else fx) < 1
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    if nh == size and nw == size:
+        return img
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return cv2.copyMakeBorder(img, top, size - nh - top, left, size - nw - left, PAD_MODES[pad], value=0)
+
+
 def warp_antialiased(img: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
     """:func:`warp_face`, after an area pre-shrink when the warp would shrink the face > 2×.
 
@@ -125,14 +168,19 @@ class LandmarkWarp:
 
 @dataclass
 class ResizedCrops:
-    """Face crops used as they are, resized to the input size (SurvFace/TinyFace crops)."""
+    """Face crops used as they are (SurvFace/TinyFace), letterboxed to the input size (:func:`letterbox`)."""
 
     root: Path
     name: str
     size: int = 112
+    pad: str = "edge"
 
     def describe(self) -> dict[str, Any]:
-        return {"root": str(self.root), "align": "none (face crops resized to the input size: area down, bicubic up)", "size": self.size}
+        return {
+            "root": str(self.root),
+            "align": f"none (face crops letterboxed: longer side to the input size, aspect kept, {self.pad}-padded; area down, bicubic up)",
+            "size": self.size,
+        }
 
     def load(self, rel: str) -> np.ndarray:
-        return _fit(_read(self.root, rel), self.size)
+        return letterbox(_read(self.root, rel), self.size, self.pad)

@@ -7,7 +7,8 @@ Layout (the dataset's own)::
     ROOT/Face_Verification_Test_Set/negative_pairs_names.mat   key negative_pairs_names: N x 2 cell
 
 (ROOT may also be the ``Face_Verification_Test_Set`` folder itself.) The faces are native
-low-resolution surveillance crops: they are resized to the input size, not degraded further.
+low-resolution surveillance crops: they are letterboxed to the input size (longer side scaled,
+aspect ratio kept, edge-padded: :func:`sources.letterbox`), not stretched and not degraded further.
 Reported: TAR at FAR = 30 %, 10 %, 1 %, 0.1 % and ROC AUC over all pairs.
 """
 
