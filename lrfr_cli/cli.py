@@ -1,21 +1,57 @@
-"""The ``lrfr`` Typer app: global options and subcommand registration, nothing else."""
+"""The ``lrfr`` Typer app: global options and subcommand registration, nothing else.
+
+Command modules pull in torch, OpenCV and the model zoo (seconds of start-up), while ``lrfr
+--help``, ``status`` and ``make-list`` need none of it. So the top-level group lists commands
+from the static :data:`COMMANDS` table and imports a command's module only when that command is
+invoked, completed or asked for its ``--help``.
+"""
 
 from __future__ import annotations
 
 import importlib
-import os
+import importlib.util
 import sys
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+try:  # typer >= 0.2x vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
 
 from . import __version__
 from .commands._common import set_state
 from .ui import State
 
-# Subcommand modules in help order; each exposes register(app). A module that is not present in
-# this version is skipped.
-COMMANDS = ("align", "make_list", "degrade", "train", "finetune", "eval", "report", "status")
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One subcommand: its CLI name, the module under ``lrfr_cli.commands`` and its help line.
+
+    ``help`` is what ``lrfr --help`` shows without importing the module; a test checks it equals
+    the first line of the command's docstring.
+    """
+
+    name: str
+    module: str
+    help: str
+
+
+# In help order. A module that does not exist (yet) is left out of help, completion and dispatch;
+# adding a command is one line here plus ``commands/<module>.py`` with ``register(app)``.
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("align", "align", "Detect faces (MTCNN, batched) and warp each onto the ArcFace template, resumably."),
+    CommandSpec("make-list", "make_list", "Write 'rel/path label' lines (labels 0..N-1 in sorted identity order) and a label map."),
+    CommandSpec("degrade", "degrade", "Down-sample every image to each size (then optionally back up), resumably, on all cores."),
+    CommandSpec("train", "train", "Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."),
+    CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation)."),
+    CommandSpec("eval", "eval", "Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json."),
+    CommandSpec("report", "report", "Tables and plots from the workspace's evaluations; --fail-under gates CI."),
+    CommandSpec("status", "status", "List the workspace's artifacts: command, status, size and age."),
+)
 
 # Global options users also type after the subcommand (`lrfr eval ... --json`): moved in front of
 # it before parsing, so both positions work. Value-taking ones take their value along.
@@ -23,9 +59,14 @@ _GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--debug"}
 _GLOBAL_VALUED = {"--workspace", "-w"}
 
 
+def available_commands() -> list[CommandSpec]:
+    """The specs whose module exists, found without importing it (and so without torch)."""
+    return [s for s in COMMANDS if importlib.util.find_spec(f"{__package__}.commands.{s.module}") is not None]
+
+
 def hoist_global_options(argv: list[str]) -> list[str]:
     """Move global options that follow the subcommand name to before it."""
-    names = {n.replace("_", "-") for n in COMMANDS}
+    names = {s.name for s in COMMANDS}
     idx = next((i for i, a in enumerate(argv) if a in names), None)
     if idx is None:
         return argv
@@ -50,6 +91,79 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return head + moved + [cmd] + kept
 
 
+def load_command(spec: CommandSpec, rich_markup_mode: Any = "rich") -> TyperCommand:
+    """Import ``spec``'s module and build its click command from the module's ``register(app)``.
+
+    Modules keep the plain ``register(app)`` hook, so they do not know they are loaded lazily.
+    """
+    module = importlib.import_module(f"{__package__}.commands.{spec.module}")
+    sub = typer.Typer(add_completion=False, rich_markup_mode=rich_markup_mode)
+    module.register(sub)
+    for info in sub.registered_commands:
+        name = info.name or typer.main.get_command_name(info.callback.__name__)  # type: ignore[union-attr]
+        if name == spec.name:
+            return typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode)  # type: ignore[return-value]
+    raise RuntimeError(f"{module.__name__}.register() did not register a command named {spec.name!r}")
+
+
+class LazyCommand(TyperCommand):
+    """Stands in for a command in the top-level listing; becomes the real one when parsed.
+
+    Help listings and name completion read only ``name``/``short_help``/``hidden``; everything
+    that parses arguments goes through :meth:`make_context`, which hands over to the real command
+    (so ``ctx.command`` is never this placeholder).
+    """
+
+    def __init__(self, spec: CommandSpec, rich_markup_mode: Any) -> None:
+        super().__init__(spec.name, help=spec.help, short_help=spec.help, rich_markup_mode=rich_markup_mode)
+        self.spec = spec
+        self._real: TyperCommand | None = None
+
+    def load(self) -> TyperCommand:
+        """The real command (its module is imported on the first call)."""
+        if self._real is None:
+            self._real = load_command(self.spec, self.rich_markup_mode)
+        return self._real
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        return self.load().make_context(info_name, args, parent=parent, **extra)
+
+
+def _one_line_usage_error(e: ClickException) -> typer.Exit:
+    """Print a click usage error as one red line (like LrfrError) instead of a panel."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    message = " ".join(e.format_message().split())
+    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(message + hint)}", soft_wrap=True)
+    return typer.Exit(e.exit_code)
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: commands from :data:`COMMANDS`, modules imported on first use."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for spec in available_commands():
+            self.commands[spec.name] = LazyCommand(spec, self.rich_markup_mode)
+
+    def _usage_errors_as_one_line(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as e:
+            raise _one_line_usage_error(e) from None
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        return self._usage_errors_as_one_line(super().make_context, info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        return self._usage_errors_as_one_line(super().invoke, ctx)
+
+
 class _App(typer.Typer):
     def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         if not args and "args" not in kwargs:
@@ -59,13 +173,13 @@ class _App(typer.Typer):
 
 app = _App(
     name="lrfr",
-    help="Low-resolution face recognition: align, make-list, degrade, train, eval, status (finetune and report are planned).",
+    cls=LazyGroup,
+    help="Low-resolution face recognition: align faces, build lists, degrade, train and evaluate; every command works in one managed workspace.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
     rich_markup_mode="rich",
 )
-
 
 
 def _version(value: bool) -> None:
@@ -83,26 +197,12 @@ def main(
     json_out: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout instead of the rich summary."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes; errors still go to stderr."),
     debug: bool = typer.Option(False, "--debug", envvar="LRFR_DEBUG", help="Show full tracebacks on errors."),
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool | None = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Low-resolution face recognition toolkit; every command writes into one managed workspace."""
     ctx.obj = State(workspace=workspace, json=json_out, quiet=quiet, debug=debug)
     set_state(ctx.obj)
 
-
-def _register() -> None:
-    for name in COMMANDS:
-        modname = f"{__package__}.commands.{name}"
-        try:
-            module = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:
-                continue
-            raise
-        module.register(app)
-
-
-_register()
 
 if __name__ == "__main__":  # pragma: no cover
     app()

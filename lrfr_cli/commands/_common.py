@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import typer
 
-from ..data.images import check_folder
 from ..errors import LrfrError
 from ..ui import State
 from ..workspace import Workspace
@@ -79,17 +78,11 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def fail(message: str) -> None:
-    """Raise a user error (for option validation inside commands)."""
-    raise LrfrError(message)
-
-
-def print_err(message: str) -> None:
-    sys.stderr.write(message + "\n")
-
-
 def resolve_input(path: Path, ws_root: Path) -> Path:
     """A real folder, or a workspace-relative artifact path such as ``aligned/NAME``."""
+    # Imported here: data.images pulls numpy and PIL, which `lrfr status` never needs.
+    from ..data.images import check_folder
+
     if not path.exists() and not path.is_absolute() and (ws_root / path).exists():
         path = ws_root / path
     return check_folder(path)
