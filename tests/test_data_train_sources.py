@@ -14,8 +14,8 @@ from PIL import Image
 from lrfr_cli.data.cache import CachedDataset, build_cache
 from lrfr_cli.data.datasets import EpochBatchSampler, ImageFileDataset, read_pairs, resolve_training_data
 from lrfr_cli.data.recordio import MAGIC, RecordIODataset, RecordIOReader, write_recordio
-from lrfr_cli.engine.validate import best_threshold_accuracy
 from lrfr_cli.errors import LrfrError
+from lrfr_cli.protocols.lfw import validation_pairs
 
 
 def make_faces(root: Path, identities: int = 3, per: int = 4, size: int = 112, fmt: str = "jpg") -> Path:
@@ -124,29 +124,30 @@ def test_sampler_is_deterministic_and_ddp_shards_partition_the_batch():
         EpochBatchSampler(50, 9, 0, world_size=2)
 
 
-def test_best_threshold_accuracy_matches_brute_force():
-    rng = np.random.default_rng(0)
-    scores = np.round(rng.normal(size=300), 1)  # ties on purpose
-    same = rng.random(300) < 0.5
-    scores[same] += 0.7
-    acc, thr = best_threshold_accuracy(scores, same)
-    cands = np.concatenate([np.unique(scores) - 1e-9, [scores.max() + 1]])
-    brute = max(np.mean((scores > t) == same) for t in cands)
-    assert acc == pytest.approx(brute)
-    assert np.mean((scores > thr) == same) == pytest.approx(acc)
-
-
 def test_read_pairs_lfw_and_generic_formats(tmp_path):
+    """train's --val-pairs reads through the protocol's one parser (lfw.read_pairs)."""
     root = tmp_path / "lfw-deepfunneled"
     for name, n in (("A_B", 2), ("C_D", 1)):
         (root / name).mkdir(parents=True)
         for i in range(1, n + 1):
             Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / name / f"{name}_{i:04d}.jpg")
-    (tmp_path / "pairs.txt").write_text("2\nA_B\t1\t2\nA_B\t1\tC_D\t1\n")
+    (tmp_path / "pairs.txt").write_text("1\nA_B\t1\t2\nA_B\t1\tC_D\t1\n")
     pairs = read_pairs(tmp_path / "pairs.txt")
-    assert [(a.name, b.name, s) for a, b, s in pairs] == [("A_B_0001.jpg", "A_B_0002.jpg", True), ("A_B_0001.jpg", "C_D_0001.jpg", False)]
+    assert pairs == [(root / "A_B/A_B_0001.jpg", root / "A_B/A_B_0002.jpg", True), (root / "A_B/A_B_0001.jpg", root / "C_D/C_D_0001.jpg", False)]
+    assert pairs == validation_pairs(tmp_path / "pairs.txt")  # the shim adds nothing
+    # The dataset folder (holding lfw-deepfunneled/) works as the root too.
+    assert read_pairs(tmp_path / "pairs.txt", tmp_path) == pairs
     (tmp_path / "generic.txt").write_text("A_B/A_B_0001.jpg C_D/C_D_0001.jpg 0\n")
-    assert read_pairs(tmp_path / "generic.txt", root)[0][2] is False
-    (tmp_path / "bad.txt").write_text("A_B\t1\t9\n")
-    with pytest.raises(LrfrError, match="not found"):
+    assert read_pairs(tmp_path / "generic.txt", root) == [(root / "A_B/A_B_0001.jpg", root / "C_D/C_D_0001.jpg", False)]
+    # An aligned copy written as PNG is found under its LFW name.
+    (root / "C_D" / "C_D_0001.jpg").rename(root / "C_D" / "C_D_0001.png")
+    assert read_pairs(tmp_path / "pairs.txt")[1][1] == root / "C_D/C_D_0001.png"
+    # The protocol's checks come along: a header that does not match, a missing image (with its line).
+    (tmp_path / "short.txt").write_text("2\nA_B\t1\t2\nA_B\t1\tC_D\t1\n")
+    with pytest.raises(LrfrError, match="header promises 1 fold"):
+        read_pairs(tmp_path / "short.txt")
+    (tmp_path / "bad.txt").write_text("A_B\t1\t2\nA_B\t1\t9\n")
+    with pytest.raises(LrfrError, match=r"bad\.txt:2: image .*A_B_0009\.jpg not found"):
         read_pairs(tmp_path / "bad.txt")
+    with pytest.raises(LrfrError, match="does not exist"):
+        read_pairs(tmp_path / "nope.txt")

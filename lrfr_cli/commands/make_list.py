@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..data.images import parse_exts
+from ..data.images import parse_exts, walk_files
 from ..data.lists import VAL_MODES, build_list, format_list, labels_json, read_names
 from ..workspace import atomic_write_text, fingerprint_file, fingerprint_tree
 from ._common import handle_errors, resolve_input, state, workspace
@@ -42,7 +42,10 @@ def make_list(
         "seed": seed,
         "ext": list(exts),
     }
-    inputs = {"root": fingerprint_tree(root)}
+    # The walker's files (symlinked identity folders included), sorted as fingerprint_tree sorts
+    # its own walk, so a tree without links keeps the fingerprint it had.
+    files = walk_files(root)
+    inputs = {"root": fingerprint_tree(root, sorted(files))}
     if exclude:
         inputs["exclude_file"] = fingerprint_file(exclude)
     with art.run("make-list", options, inputs, force=force) as run:
@@ -53,7 +56,7 @@ def make_list(
                 {"command": "make-list", "name": name, "path": str(art.path), "up_to_date": True, **c},
             )
             return
-        res = build_list(root, min_images=min_images, exclude=excluded_names, val_fraction=val_fraction, val_mode=val_mode, seed=seed, exts=exts)
+        res = build_list(root, min_images=min_images, exclude=excluded_names, val_fraction=val_fraction, val_mode=val_mode, seed=seed, exts=exts, files=files)
         atomic_write_text(art.path / "train.txt", format_list(res.train))
         if res.val:
             atomic_write_text(art.path / "val.txt", format_list(res.val))

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..constants import INPUT_SIZE
 from ..workspace import atomic_path
-from .datasets import INPUT_SIZE, FaceDataset
+from .faces import FaceDataset
 
 IMAGES = "images.npy"
 LABELS = "labels.npy"

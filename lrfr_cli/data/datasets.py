@@ -11,46 +11,35 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
+from ..constants import INPUT_SIZE
 from ..errors import LrfrError
 from ..workspace import fingerprint_file, fingerprint_tree
+from .faces import FaceDataset, load_face, to_input_size
 from .images import ImageReadError, load_rgb
-from .lists import build_list, read_list
+from .lists import build_list, check_inside_root, read_list_lines
+from .recordio import RecordIODataset, RecordIOReader
 
-INPUT_SIZE = 112
-
-
-def to_input_size(img: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Aligned faces pass through; other sizes are resized (area filter), never padded."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
-def load_face(path: str | os.PathLike[str], size: int = INPUT_SIZE, center_crop: float = 0.5) -> np.ndarray:
-    """A face image for quick validation: 112-px aligned images as they are; larger, un-aligned
-    images (e.g. LFW's 250-px deep-funneled photos, face roughly centred) by a central crop of
-    ``center_crop`` of the shorter side, resized. Crude, but enough to rank checkpoints."""
-    try:
-        img = load_rgb(path)
-    except ImageReadError as e:
-        raise LrfrError(f"{path}: {e}") from None
-    h, w = img.shape[:2]
-    if (h, w) != (size, size) and center_crop < 1.0:
-        side = max(1, int(round(min(h, w) * center_crop)))
-        y0, x0 = (h - side) // 2, (w - side) // 2
-        img = img[y0 : y0 + side, x0 : x0 + side]
-    return to_input_size(img, size)
+# Re-exported: engine/, commands/train.py and benchmarks import these from here.
+__all__ = [
+    "INPUT_SIZE",
+    "EpochBatchSampler",
+    "FaceDataset",
+    "ImageFileDataset",
+    "TrainingSet",
+    "is_recordio",
+    "load_face",
+    "open_dataset",
+    "read_pairs",
+    "resolve_training_data",
+    "to_input_size",
+]
 
 
 # --------------------------------------------------------------------------- what --data means
@@ -84,7 +73,7 @@ def _check_entries(entries: list[tuple[str, int]], root: Path, num_classes: int,
             raise LrfrError(f"{where}: entry {i}: image {root / rel} not found (fix the list or --data-root)")
 
 
-def _from_list_file(list_path: Path, data_root: Path | None) -> TrainingSet:
+def _from_list_file(list_path: Path, data_root: Path | None, allow_outside_root: bool = False) -> TrainingSet:
     labels_file = list_path.parent / "labels.json"
     meta: dict[str, Any] = {}
     if labels_file.is_file():
@@ -97,9 +86,12 @@ def _from_list_file(list_path: Path, data_root: Path | None) -> TrainingSet:
         raise LrfrError(f"--data {list_path}: a bare list file needs --data-root (the folder its paths are relative to)")
     if not root.is_dir():
         raise LrfrError(f"image root {root} of {list_path} is not a folder (pass --data-root)")
-    entries = read_list(list_path)
-    if not entries:
+    lines = read_list_lines(list_path)
+    if not lines:
         raise LrfrError(f"{list_path}: the dataset is empty (no 'rel/path label' lines)")
+    if not allow_outside_root:
+        check_inside_root(list_path, lines, root)
+    entries = [(rel, label) for _, rel, label in lines]
     num_classes = int(meta.get("num_classes") or (max(lab for _, lab in entries) + 1))
     _check_entries(entries, root, num_classes, str(list_path))
     fp = {"list": fingerprint_file(list_path), "images": fingerprint_tree(root, [root / r for r, _ in entries])}
@@ -117,9 +109,21 @@ def is_recordio(folder: Path) -> bool:
     return (folder / "train.rec").is_file() and (folder / "train.idx").is_file()
 
 
-def resolve_training_data(data: str | os.PathLike[str], data_root: str | os.PathLike[str] | None, ws_root: Path) -> TrainingSet:
+def resolve_training_data(
+    data: str | os.PathLike[str],
+    data_root: str | os.PathLike[str] | None,
+    ws_root: Path,
+    *,
+    allow_outside_root: bool = False,
+) -> TrainingSet:
     """Interpret ``--data``: list artifact (``lists/NAME`` or its ``train.txt``), list file +
-    ``--data-root``, identity folder, workspace artifact (``aligned/NAME``) or RecordIO folder."""
+    ``--data-root``, identity folder, workspace artifact (``aligned/NAME``) or RecordIO folder.
+
+    A list entry that leaves its data root by its spelling (absolute, or ``..`` past the root) is
+    refused with ``file:line`` unless ``allow_outside_root`` (``--allow-outside-root``): a list
+    handed around should not be able to make training read ``/etc`` or another user's files.
+    The check is lexical, so identity folders that are symlinks to shared storage stay allowed.
+    """
     p = Path(data).expanduser()
     if not p.exists() and not p.is_absolute() and (ws_root / p).exists():
         p = ws_root / p
@@ -130,10 +134,8 @@ def resolve_training_data(data: str | os.PathLike[str], data_root: str | os.Path
         if p.suffix == ".rec":
             p = p.parent
         else:
-            return _from_list_file(p, root)
+            return _from_list_file(p, root, allow_outside_root)
     if is_recordio(p):
-        from .recordio import RecordIOReader
-
         reader = RecordIOReader(p)
         labels = reader.labels()
         entries = [(str(k), int(lab)) for k, lab in zip(reader.keys, labels)]
@@ -143,30 +145,11 @@ def resolve_training_data(data: str | os.PathLike[str], data_root: str | os.Path
         fp = {"rec": fingerprint_file(p / "train.rec", content=False), "idx": fingerprint_file(p / "train.idx")}
         return TrainingSet("recordio", p.resolve(), entries, num_classes, str(p), fp)
     if (p / "train.txt").is_file():
-        return _from_list_file(p / "train.txt", root)
+        return _from_list_file(p / "train.txt", root, allow_outside_root)
     return _from_folder(p)
 
 
 # --------------------------------------------------------------------------- datasets
-class FaceDataset(Dataset):
-    """Base: subclasses implement ``image(i)`` (H×W×3 uint8) and set ``labels``."""
-
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def image(self, i: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def __getitem__(self, code: int) -> tuple[torch.Tensor, int]:
-        i, flip = divmod(int(code), 2)
-        img = to_input_size(self.image(i))
-        if flip:
-            img = img[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), int(self.labels[i])
-
-
 class ImageFileDataset(FaceDataset):
     """JPEG/PNG files from a list or an identity folder."""
 
@@ -185,8 +168,6 @@ class ImageFileDataset(FaceDataset):
 
 def open_dataset(ts: TrainingSet) -> FaceDataset:
     if ts.kind == "recordio":
-        from .recordio import RecordIODataset
-
         return RecordIODataset(ts.root)
     return ImageFileDataset(ts.root, ts.entries)
 
@@ -227,43 +208,11 @@ class EpochBatchSampler:
 
 
 # --------------------------------------------------------------------------- verification pairs
-_LFW_NAME = re.compile(r"^\S+$")
-
-
-def _lfw_path(root: Path, name: str, idx: str) -> Path:
-    stem = f"{name}/{name}_{int(idx):04d}"
-    for ext in (".jpg", ".png", ".jpeg"):
-        if (root / (stem + ext)).is_file():
-            return root / (stem + ext)
-    return root / (stem + ".jpg")
-
-
 def read_pairs(pairs_file: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> list[tuple[Path, Path, bool]]:
-    """Verification pairs: LFW format (``name i j`` / ``name1 i name2 j``, optional count header)
-    relative to ``root`` (default: ``lfw-deepfunneled/`` beside the file, else the file's folder),
-    or ``path1 path2 same(0|1)`` lines relative to ``root``."""
-    pf = Path(pairs_file)
-    if not pf.is_file():
-        raise LrfrError(f"--val-pairs {pf}: file not found")
-    if root is None:
-        root = pf.parent / "lfw-deepfunneled" if (pf.parent / "lfw-deepfunneled").is_dir() else pf.parent
-    root = Path(root)
-    pairs: list[tuple[Path, Path, bool]] = []
-    for n, line in enumerate(pf.read_text().splitlines(), 1):
-        t = line.split()
-        if not t or line.startswith("#") or all(x.isdigit() for x in t):
-            continue
-        if len(t) == 3 and t[1].isdigit() and t[2].isdigit():
-            pairs.append((_lfw_path(root, t[0], t[1]), _lfw_path(root, t[0], t[2]), True))
-        elif len(t) == 4 and t[1].isdigit() and t[3].isdigit():
-            pairs.append((_lfw_path(root, t[0], t[1]), _lfw_path(root, t[2], t[3]), False))
-        elif len(t) == 3 and t[2] in ("0", "1"):
-            pairs.append((root / t[0], root / t[1], t[2] == "1"))
-        else:
-            raise LrfrError(f"{pf}:{n}: not a pair line ({line.strip()!r})")
-    if not pairs:
-        raise LrfrError(f"--val-pairs {pf}: no pairs found")
-    missing = [str(p) for a, b, _ in pairs for p in (a, b) if not p.is_file()]
-    if missing:
-        raise LrfrError(f"--val-pairs {pf}: {len(missing)} image(s) not found, e.g. {missing[0]} (set --val-root)")
-    return pairs
+    """``--val-pairs`` for train: a thin shim over :func:`lrfr_cli.protocols.lfw.validation_pairs`,
+    the one pairs-file parser. Kept only until ``commands/train.py`` imports that directly; the
+    import is deferred because ``protocols`` sits above ``data`` (it imports the embedding layer).
+    """
+    from ..protocols.lfw import validation_pairs
+
+    return validation_pairs(pairs_file, root)

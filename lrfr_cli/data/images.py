@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -49,19 +49,60 @@ def check_folder(path: str | os.PathLike[str], what: str = "input folder") -> Pa
     return p
 
 
-def list_images(root: str | os.PathLike[str], exts: Iterable[str] = IMAGE_EXTS) -> list[Path]:
-    """Image files below ``root`` (recursively), sorted, skipping hidden files and folders."""
+def walk_files(root: str | os.PathLike[str], exts: Iterable[str] | None = None) -> list[Path]:
+    """Every file below ``root`` the way lrfr reads a data tree: the one walker.
+
+    * Symbolic links are followed, to folders and to files: a tree of symlinked identity folders
+      (usual on shared storage) is read like a real one.
+    * A folder is not entered again while it is being walked (its ``(st_dev, st_ino)`` is on the
+      path from ``root``), which is exactly what a link loop such as ``a/up -> ..`` needs. The
+      guard is per path, not global, so two identity links to the same folder are both listed,
+      each under its own name, and which one "wins" never depends on the walk order.
+    * Hidden files and hidden folders (``.name``) are skipped; so are broken links.
+    * ``exts`` (lower-case, with the dot) keeps files whose name ends with one of them, compared
+      case-insensitively (``.JPG`` is a ``.jpg``); ``None`` keeps every file.
+    * Output order is deterministic: each folder's files sorted by name, then its sub-folders,
+      sorted by name, depth first (the order ``os.walk`` with sorted names gave before).
+
+    Paths are joined under ``root`` as spelled, never resolved, so ``p.relative_to(root)`` holds
+    for every result even when the folder it sits in is a link to elsewhere. An unreadable folder
+    is an error naming it, not a silent gap in a training set.
+    """
     root = Path(root)
-    exts = tuple(e.lower() for e in exts)
+    ends = None if exts is None else tuple(e.lower() for e in exts)
+    try:
+        st = os.stat(root)
+    except OSError as e:
+        raise LrfrError(f"cannot read folder {root}: {e.strerror or e}") from None
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            if f.lower().endswith(exts):
-                found.append(Path(dirpath) / f)
+    # Stack of (folder, (dev, ino) of the folders on the path to it); popped in sorted order.
+    stack: list[tuple[str, frozenset[tuple[int, int]]]] = [(os.fspath(root), frozenset({(st.st_dev, st.st_ino)}))]
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as e:
+            raise LrfrError(f"cannot read folder {folder}: {e.strerror or e}") from None
+        subdirs: list[tuple[str, frozenset[tuple[int, int]]]] = []
+        for e in entries:
+            try:
+                if e.is_dir():  # follows links
+                    s = e.stat()
+                    key = (s.st_dev, s.st_ino)
+                    if key not in ancestors:  # a link back up the path: a loop
+                        subdirs.append((e.path, ancestors | {key}))
+                elif e.is_file() and (ends is None or e.name.lower().endswith(ends)):
+                    found.append(Path(e.path))
+            except OSError:
+                continue  # vanished while walking, or a link the OS refuses to follow (ELOOP)
+        stack.extend(reversed(subdirs))
     return found
+
+
+def list_images(root: str | os.PathLike[str], exts: Iterable[str] = IMAGE_EXTS) -> list[Path]:
+    """Image files below ``root``: :func:`walk_files` with an extension set (all known by default)."""
+    return walk_files(root, exts)
 
 
 def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:

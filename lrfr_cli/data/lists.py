@@ -2,6 +2,8 @@
 
 Layout expected: ``ROOT/<identity>/**/<image>``; each immediate sub-folder is one identity.
 Labels are 0..N-1 in sorted identity order, so the same tree always gives the same labels.
+The tree is read with :func:`.images.walk_files`, like every other command's, so symlinked
+identity folders count.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import LrfrError
-from .images import IMAGE_EXTS, list_images
+from .images import IMAGE_EXTS, walk_files
 
 VAL_MODES = ("images", "identities")
 _BOOKKEEPING = {"manifest.json", "landmarks.csv", "failures.csv"}
@@ -57,8 +59,12 @@ def build_list(
     val_mode: str = "images",
     seed: int = 0,
     exts: tuple[str, ...] = IMAGE_EXTS,
+    files: Sequence[Path] | None = None,
 ) -> ListResult:
     """Scan ``root`` and split it.
+
+    ``files``: the tree's files as :func:`.images.walk_files` ``(root)`` returns them, when the
+    caller has walked it already (make-list fingerprints the same set); default: walk it here.
 
     ``val_mode="images"`` holds out ``val_fraction`` of each identity's images (at least one stays
     in training; identities with one image contribute none): held-out images of *training*
@@ -74,16 +80,26 @@ def build_list(
         raise LrfrError(f"--val-mode {val_mode!r}: choose one of {', '.join(VAL_MODES)}")
     exclude = set(exclude)
     identities = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    # Top-level files of a workspace artifact (manifest, CSV reports) are bookkeeping, not data.
-    skipped_files = sum(1 for f in root.iterdir() if f.is_file() and not f.name.startswith(".") and f.name not in _BOOKKEEPING)
+    # One walk of the whole tree: the loop guard then knows ROOT itself (a link inside an identity
+    # back to ROOT is a loop, not a copy of every other identity).
+    files_by_id: dict[str, list[Path]] = {ident: [] for ident in identities}
+    skipped_files = 0
+    for p in walk_files(root) if files is None else files:
+        parts = p.relative_to(root).parts
+        if len(parts) == 1:
+            # Top-level files of a workspace artifact (manifest, CSV reports) are bookkeeping, not data.
+            skipped_files += p.name not in _BOOKKEEPING
+        elif parts[0] in files_by_id:
+            files_by_id[parts[0]].append(p)
+    ends = tuple(e.lower() for e in exts)
     per_id: dict[str, list[str]] = {}
     excluded, too_few = [], []
     for ident in identities:
         if ident in exclude:
             excluded.append(ident)
             continue
-        all_files = [p for p in (root / ident).rglob("*") if p.is_file() and not p.name.startswith(".")]
-        imgs = [p.relative_to(root).as_posix() for p in list_images(root / ident, exts)]
+        all_files = files_by_id[ident]
+        imgs = [p.relative_to(root).as_posix() for p in all_files if p.name.lower().endswith(ends)]
         skipped_files += len(all_files) - len(imgs)
         if len(imgs) < min_images:
             too_few.append(ident)
@@ -127,8 +143,12 @@ def format_list(entries: Iterable[tuple[str, int]]) -> str:
     return "".join(f"{path} {label}\n" for path, label in entries)
 
 
-def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
-    """Parse a ``rel/path label`` file; errors name ``file:line``."""
+def read_list_lines(path: str | os.PathLike[str]) -> list[tuple[int, str, int]]:
+    """Parse a ``rel/path label`` file into ``(line number, path, label)``; errors name ``file:line``.
+
+    The line numbers let later checks (missing image, path outside the data root) point at the
+    line to fix.
+    """
     p = Path(path)
     if not p.is_file():
         raise LrfrError(f"list file {p} not found")
@@ -145,8 +165,38 @@ def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
             raise LrfrError(f"{p}:{i}: label {parts[1]!r} is not an integer") from None
         if label < 0:
             raise LrfrError(f"{p}:{i}: label {label} is negative")
-        out.append((parts[0], label))
+        out.append((i, parts[0], label))
     return out
+
+
+def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """Parse a ``rel/path label`` file; errors name ``file:line``."""
+    return [(rel, label) for _, rel, label in read_list_lines(path)]
+
+
+def outside_root(rel: str) -> bool:
+    """Whether list path ``rel`` leaves the folder it is relative to: absolute, or ``..`` escapes.
+
+    The test is lexical (``os.path.normpath``), on purpose: an identity folder inside the root
+    that is a symlink to shared storage elsewhere is how big sets are laid out, and must stay
+    allowed; resolving links would refuse it. What a list entry cannot do is name a file outside
+    the root by its own spelling (``../../etc/hostname``, ``/etc/hostname``).
+    """
+    if os.path.isabs(rel):
+        return True
+    norm = os.path.normpath(rel)
+    return norm == os.pardir or norm.startswith(os.pardir + os.sep)
+
+
+def check_inside_root(list_path: str | os.PathLike[str], lines: Iterable[tuple[int, str, int]], root: Path) -> None:
+    """Refuse the first entry of a list that leaves ``root`` (see :func:`outside_root`)."""
+    name = str(list_path)
+    for lineno, rel, _ in lines:
+        if outside_root(rel):
+            what = "is an absolute path, not relative to" if os.path.isabs(rel) else "is outside"
+            raise LrfrError(
+                f"{name}:{lineno}: {rel!r} {what} the data root {root}; pass --allow-outside-root to allow it"
+            )
 
 
 def labels_json(result: ListResult) -> str:

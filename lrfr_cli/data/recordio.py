@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import LrfrError
-from .datasets import FaceDataset
+from .faces import FaceDataset
 from .images import ImageReadError, load_rgb
 
 MAGIC = 0xCED7230A

@@ -13,6 +13,7 @@ all pairs of the file together.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,16 @@ def _rel(prefix: str, name: str, idx: int) -> str:
 
 
 def read_pairs(path: Path, prefix: str = "lfw-deepfunneled/") -> tuple[list[Pair], int]:
-    """Parse a pairs file; both line formats (``name i j`` and ``name1 i name2 j``), tabs or spaces.
+    """Parse a pairs file; both LFW line formats (``name i j`` and ``name1 i name2 j``), tabs or spaces.
 
     Header ``F N`` means F folds of N matched then N mismatched pairs; a single number ``N`` (View 1)
     means one fold; no header means one fold. Every malformed line is reported as ``file:line``.
+    A line ``path1 path2 0|1`` (explicit image paths relative to the image root, 1 = same person)
+    is accepted too, for pairs of images that are not named the LFW way; ``prefix`` is not added
+    to those. This is lrfr's one pairs parser: ``lrfr train --val-pairs`` reads through it as well
+    (:func:`validation_pairs`).
     """
+    path = Path(path)
     if not path.is_file():
         raise LrfrError(f"pairs file {path} does not exist")
     lines = path.read_text(errors="replace").splitlines()
@@ -69,11 +75,13 @@ def read_pairs(path: Path, prefix: str = "lfw-deepfunneled/") -> tuple[list[Pair
             n_folds, per_fold = int(head[0]), 2 * int(head[1])
         else:
             per_fold = 2 * int(head[0])
-    body = [(i + 1, ln) for i, ln in enumerate(lines) if i >= start and ln.strip()]
+    body = [(i + 1, ln) for i, ln in enumerate(lines) if i >= start and ln.strip() and not ln.startswith("#")]
     for k, (lineno, ln) in enumerate(body):
         t = ln.split()
         try:
-            if len(t) == 3:
+            if len(t) == 3 and not t[1].isdigit() and t[2] in ("0", "1"):
+                p = Pair(t[0], t[1], t[2] == "1", 0, lineno)
+            elif len(t) == 3:
                 p = Pair(_rel(prefix, t[0], int(t[1])), _rel(prefix, t[0], int(t[2])), True, 0, lineno)
             elif len(t) == 4:
                 p = Pair(_rel(prefix, t[0], int(t[1])), _rel(prefix, t[2], int(t[3])), t[0] == t[2], 0, lineno)
@@ -81,7 +89,8 @@ def read_pairs(path: Path, prefix: str = "lfw-deepfunneled/") -> tuple[list[Pair
                 raise ValueError
         except ValueError:
             raise LrfrError(
-                f"{path}:{lineno}: expected 'name i j' (same person) or 'name1 i name2 j' (different people), got {ln.strip()!r}"
+                f"{path}:{lineno}: expected 'name i j' (same person), 'name1 i name2 j' (different people) "
+                f"or 'path1 path2 0|1', got {ln.strip()!r}"
             ) from None
         fold = k // per_fold if per_fold else 0
         pairs.append(Pair(p.rel1, p.rel2, p.same, fold, lineno))
@@ -90,6 +99,36 @@ def read_pairs(path: Path, prefix: str = "lfw-deepfunneled/") -> tuple[list[Pair
     if per_fold and len(pairs) != n_folds * per_fold:
         raise LrfrError(f"{path}: header promises {n_folds} fold(s) of {per_fold} pairs, found {len(pairs)} pairs")
     return pairs, n_folds
+
+
+def validation_pairs(pairs_file: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> list[tuple[Path, Path, bool]]:
+    """Image paths of every pair, for ``lrfr train --val-pairs``: ``(image 1, image 2, same)``.
+
+    ``root`` defaults to ``lfw-deepfunneled/`` beside the file, else the file's folder; a dataset
+    folder holding ``lfw-deepfunneled/`` works too (:func:`image_prefix`). LFW-named images are
+    also found as ``.png``/``.jpeg`` (an aligned copy written as PNG). A missing image is an error
+    naming the pairs file's line, before any training starts.
+    """
+    pf = Path(pairs_file)
+    if root is None:
+        root = pf.parent / "lfw-deepfunneled" if (pf.parent / "lfw-deepfunneled").is_dir() else pf.parent
+    root = Path(root)
+    pairs, _ = read_pairs(pf, image_prefix(root))
+
+    def find(rel: str) -> Path:
+        p = root / rel
+        if not p.is_file() and p.suffix == ".jpg":
+            for ext in (".png", ".jpeg"):
+                if p.with_suffix(ext).is_file():
+                    return p.with_suffix(ext)
+        return p
+
+    out = [(find(p.rel1), find(p.rel2), p.same) for p in pairs]
+    missing = [(pr.line, img) for pr, (a, b, _) in zip(pairs, out) for img in (a, b) if not img.is_file()]
+    if missing:
+        line, img = missing[0]
+        raise LrfrError(f"{pf}:{line}: image {img} not found ({len(missing)} missing in all; set --val-root to the image folder)")
+    return out
 
 
 def check_images(root: Path, pairs: list[Pair], path: Path) -> None:
