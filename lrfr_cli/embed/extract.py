@@ -7,9 +7,11 @@ from the cached rows, so an image that appears in 30 pairs is still embedded onc
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -17,14 +19,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.degrade import DegradeSpec, degrade_batch, key_generator
 from ..data.images import ImageReadError
-from ..engine import autocast
+from ..engine.validate import forward as _forward_module
+from ..engine.validate import fuse
 from ..errors import LrfrError
-from ..models import preprocess
 from ..ui import ProgressFn, null_progress
 from .cache import EmbeddingCache
 from .model import LoadedModel
 
-FLUSH_SECONDS = 60.0
+FLUSH_SECONDS = 10.0
+FLUSH_ENV = "LRFR_FLUSH_SECONDS"
+
+
+def flush_seconds() -> float:
+    """Seconds between cache flushes: an eval killed mid-way loses at most about this much work.
+
+    Default :data:`FLUSH_SECONDS`; env ``LRFR_FLUSH_SECONDS`` overrides it (read at every call,
+    so tests can make it 0 and flush after every batch).
+    """
+    text = os.environ.get(FLUSH_ENV, "").strip()
+    if not text:
+        return FLUSH_SECONDS
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v >= 0 or v == float("inf"):
+        raise LrfrError(f"{FLUSH_ENV}={text!r}: expected a number of seconds >= 0 (e.g. 10)")
+    return v
 
 
 class ImageSet(Protocol):
@@ -102,14 +123,12 @@ def _collate(batch: list[tuple[int, torch.Tensor, str]]) -> tuple[list[int], lis
 
 
 def forward(model: LoadedModel, x: torch.Tensor, precision: str) -> torch.Tensor:
-    """uint8 B×3×H×W (RGB) → raw float32 embeddings; the single place the network runs."""
-    if model.channel_order == "bgr":
-        x = x.flip(1)
-    with torch.inference_mode(), autocast(x.device, precision):
-        out = model.module(preprocess(x))
-    if isinstance(out, (tuple, list)):  # networks that also return a norm or logits
-        out = out[0]
-    return out.float()
+    """uint8 B×3×H×W (RGB) → raw float32 embeddings, in the model's channel order.
+
+    A thin adapter: the network runs in :func:`lrfr_cli.engine.validate.forward`, the one
+    forward that training validation uses too.
+    """
+    return _forward_module(model.module, x, precision, model.channel_order)
 
 
 class Embeddings:
@@ -120,13 +139,12 @@ class Embeddings:
         self.flip = flip
 
     def get(self, variant: Variant, rels: list[str]) -> np.ndarray:
-        e = self.cache.get(variant.name, rels).astype(np.float32)
-        if self.flip:
-            e = e + self.cache.get(variant.name + ".flip", rels)
-        n = np.linalg.norm(e, axis=1, keepdims=True)
-        if np.any(n == 0) or not np.all(np.isfinite(e)):
+        e = torch.from_numpy(self.cache.get(variant.name, rels).astype(np.float32))
+        ef = torch.from_numpy(self.cache.get(variant.name + ".flip", rels).astype(np.float32)) if self.flip else None
+        s = e if ef is None else e + ef
+        if not bool(torch.isfinite(s).all()) or bool((s.norm(dim=1) == 0).any()):
             raise LrfrError("the model produced zero or non-finite embeddings (diverged or untrained checkpoint?)")
-        return (e / n).astype(np.float32)
+        return fuse(e, ef).numpy()
 
 
 def pending(requests: dict[Variant, Iterable[str]], cache: EmbeddingCache, flip: bool = False) -> int:
@@ -187,6 +205,7 @@ def embed(
         persistent_workers=False,
     )
     progress(0, total=len(order))
+    every = flush_seconds()
     last_flush = time.time()
     try:
         for idx, tensors, errors in loader:
@@ -212,7 +231,7 @@ def embed(
                     cache.add(variant.name + ".flip", sel_rels, fwd(model, xv.flip(3), precision).cpu().numpy())
                     stats.forward_images += len(sel)
             progress(len(rels))
-            if time.time() - last_flush > FLUSH_SECONDS:
+            if time.time() - last_flush >= every:
                 cache.flush()
                 last_flush = time.time()
     finally:
@@ -226,8 +245,8 @@ def _apply(variant: Variant, x: torch.Tensor, rels: list[str]) -> torch.Tensor:
     if spec is None or spec.size >= x.shape[-2] and not (spec.blur or spec.noise or spec.jpeg):
         return x
     if spec.noise > 0:
-        # Noise is a function of (seed, image path): identical to `lrfr degrade` of the same file.
-        return torch.cat(
-            [degrade_batch(x[i : i + 1], spec, key_generator(variant.seed, r, x.device)) for i, r in enumerate(rels)]
-        )
+        # Noise is a function of (seed, image path) only: drawn from a CPU generator whatever the
+        # batch's device (degrade_batch moves it), so it is identical to `lrfr degrade` of the
+        # same file and the same on GPU and CPU evals, which share one cache key.
+        return torch.cat([degrade_batch(x[i : i + 1], spec, key_generator(variant.seed, r)) for i, r in enumerate(rels)])
     return degrade_batch(x, spec)

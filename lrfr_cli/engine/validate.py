@@ -1,14 +1,17 @@
-"""Quick pair verification during training (to pick ``best.pt``), not the evaluation protocol.
+"""Quick pair verification during training (to pick ``best.pt``), and the one embedding forward.
 
 The accuracy is at the best threshold over all pairs, i.e. optimistic; ``lrfr eval`` runs the
-real, fold-separated protocols.
+real, fold-separated protocols. Both go through :func:`forward` (preprocessing, channel order,
+precision) and :func:`fuse` (flip test-time augmentation, L2 normalisation), and the threshold
+comes from :func:`lrfr_cli.protocols.metrics.best_threshold`: what validation picks ``best.pt``
+on is computed exactly as eval computes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,24 +19,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import preprocess
+from ..protocols.metrics import best_threshold
 from .device import autocast
 
 
-def best_threshold_accuracy(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """Max over thresholds of accuracy of ``score > t``; O(n log n) by sorting."""
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], same[order].astype(np.int64)
-    n, n_pos = len(y), int(y.sum())
-    # Predict "same" for the top k; correct = TP(k) + TN(k).
-    tp = np.concatenate([[0], np.cumsum(y)])
-    k = np.arange(n + 1)
-    correct = tp + (n - n_pos) - (k - tp)
-    # Only cut between distinct scores.
-    valid = np.ones(n + 1, dtype=bool)
-    valid[1:n] = s[:-1] != s[1:]
-    best = int(np.argmax(np.where(valid, correct, -1)))
-    thr = float(s[best - 1] + s[best]) / 2 if 0 < best < n else (float(s[0]) + 1.0 if best == 0 else float(s[-1]) - 1.0)
-    return float(correct[best] / n), thr
+def forward(module: nn.Module, x: torch.Tensor, precision: str = "fp32", channel_order: str = "rgb") -> torch.Tensor:
+    """uint8 RGB ``B×3×H×W`` → raw (un-normalised) float32 embeddings of one view.
+
+    Raw, because the eval cache keeps the plain and mirrored views apart and :func:`fuse` adds
+    them before normalising. ``channel_order="bgr"`` serves networks trained on BGR input.
+    """
+    if channel_order == "bgr":
+        x = x.flip(1)
+    with torch.inference_mode(), autocast(x.device, precision):
+        out = module(preprocess(x))
+    if isinstance(out, (tuple, list)):  # networks that also return a norm or logits
+        out = out[0]
+    return out.float()
+
+
+def fuse(e: torch.Tensor, e_flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Flip TTA + L2: the sum of a face's and its mirror image's raw embeddings, at unit length.
+
+    Summing *raw* embeddings (not normalised ones) is the insightface/facenet convention, so a
+    confident view weighs more than an uncertain one.
+    """
+    e = e.float() if e_flip is None else e.float() + e_flip.float()
+    return F.normalize(e, dim=1)
 
 
 @dataclass
@@ -45,7 +57,7 @@ class PairSet:
     same: np.ndarray
 
     @classmethod
-    def load(cls, pairs: Sequence[tuple[Path, Path, bool]]) -> "PairSet":
+    def load(cls, pairs: Sequence[tuple[Path, Path, bool]]) -> PairSet:
         from ..data.datasets import load_face
 
         paths = sorted({p for a, b, _ in pairs for p in (a, b)})
@@ -57,24 +69,25 @@ class PairSet:
 
 
 @torch.no_grad()
-def embed(model: nn.Module, images: torch.Tensor, device: torch.device, precision: str = "fp32", batch: int = 128) -> torch.Tensor:
-    """L2-normalised embeddings of uint8 images, summed with their mirror image (standard TTA)."""
+def embed(model: nn.Module, images: torch.Tensor, device: torch.device, precision: str = "fp32", batch: int = 128,
+          flip: bool = True) -> torch.Tensor:
+    """L2-normalised embeddings of uint8 images (with ``flip``: summed with their mirror image)."""
     was_training = model.training
     model.eval()
     out = []
     try:
         for i in range(0, len(images), batch):
-            x = preprocess(images[i : i + batch].to(device))
-            with autocast(device, precision):
-                e = model(x).float() + model(torch.flip(x, dims=[3])).float()
-            out.append(F.normalize(e, dim=1).cpu())
+            x = images[i : i + batch].to(device)
+            e = forward(model, x, precision)
+            out.append(fuse(e, forward(model, x.flip(3), precision) if flip else None).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
 
 
 def verify(model: nn.Module, pairs: PairSet, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+    """Accuracy of ``cosine >= threshold`` at the threshold that is best on these very pairs."""
     e = embed(model, pairs.images, device, precision)
     scores = (e[pairs.index[:, 0]] * e[pairs.index[:, 1]]).sum(1).numpy()
-    acc, thr = best_threshold_accuracy(scores, pairs.same)
-    return {"val_acc": acc, "val_threshold": thr, "val_pairs": int(len(scores))}
+    thr, acc = best_threshold(scores, pairs.same)
+    return {"val_acc": acc, "val_threshold": thr, "val_pairs": len(scores)}
