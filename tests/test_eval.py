@@ -335,6 +335,7 @@ def test_survface_and_tinyface_standins_end_to_end(cli, ws, data_dir, tmp_path, 
     res = r.json()["results"]["native"]
     assert res["probes"] == 5 and res["gallery"] == 10 and res["distractors"] == 5
     assert 0.0 <= res["rank1"] <= res["rank5"] <= 1.0
+    assert 0.0 < res["map"] <= 1.0 and "rank50" not in res  # a gallery of 10 has no rank 50
 
 
 # ----------------------------------------------------------------------------- a real model

@@ -273,10 +273,12 @@ def _table(dataset: str, doc: dict[str, Any]) -> Table:
         tf = r["tar_at_far"]
         t.add_row(str(r["pairs"]), _pct(tf["0.3"]), _pct(tf["0.1"]), _pct(tf["0.01"]), _pct(tf["0.001"]), _pct(r["auc"]))
     else:
-        for col in ("set", "probes", "gallery", "rank-1 %", "rank-5 %", "rank-10 %", "rank-20 %"):
+        # rank-50 and mAP only where the protocol reports them (TinyFace, as its paper does)
+        keys = ["rank1", "rank5", "rank10", "rank20"] + [k for k in ("rank50", "map") if any(k in r for r in res.values())]
+        for col in ("set", "probes", "gallery", *(f"{'mAP' if k == 'map' else 'rank-' + k[4:]} %" for k in keys)):
             t.add_column(col, justify="right")
         for k, r in res.items():
-            t.add_row(k, str(r["probes"]), str(r["gallery"]), _pct(r.get("rank1")), _pct(r.get("rank5")), _pct(r.get("rank10")), _pct(r.get("rank20")))
+            t.add_row(k, str(r["probes"]), str(r["gallery"]), *(_pct(r.get(c)) for c in keys))
     return t
 
 
@@ -288,7 +290,7 @@ def _line(dataset: str, doc: dict[str, Any], out: Path) -> str:
         r = res["native"]
         body = f"TAR@FAR=1% {100 * r['tar_at_far']['0.01']:.2f}%, AUC {100 * r['auc']:.2f}%"
     else:
-        body = ", ".join(f"{k} rank-1 {100 * r['rank1']:.2f}%" for k, r in res.items())
+        body = ", ".join(f"{k} rank-1 {100 * r['rank1']:.2f}%" + (f", mAP {100 * r['map']:.2f}%" if r.get("map") is not None else "") for k, r in res.items())
     e = doc["embeddings"]
     return (f"[green]evaluated[/green] {doc['model']['name']} on {dataset}: {body} "
             f"({e['computed']} embedded, {e['cached']} from cache, {doc['timings']['total_s']:.1f} s) → {out}")

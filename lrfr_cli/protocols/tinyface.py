@@ -1,4 +1,4 @@
-"""TinyFace identification: probes vs gallery (matches + distractors), rank-1/5/20.
+"""TinyFace identification: probes vs gallery (matches + distractors), rank-1/5/10/20/50 and mAP.
 
 Layout (the dataset's own ``Testing_Set``)::
 
@@ -8,7 +8,13 @@ Layout (the dataset's own ``Testing_Set``)::
 
 (ROOT may also be the ``Testing_Set`` folder itself.) The identity is the file name's number
 before the first underscore, as in the dataset's own evaluation. The faces are native
-low-resolution crops, resized to the input size.
+low-resolution crops, letterboxed to the input size (longer side scaled, aspect kept, edge-padded:
+:func:`sources.letterbox`).
+
+Reported as in the TinyFace paper (Cheng et al., ACCV 2018): the CMC at rank 1, 5, 10, 20, 50
+and mAP, the mean over probes of the average precision of the probe's ranking of the whole
+gallery, distractors included (:func:`identification.average_precisions`; tied scores count
+against the probe, as the ranks do).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .sources import ResizedCrops
 
 LAYOUT = "ROOT/Testing_Set/{Probe,Gallery_Match}/<id>_<n>.jpg and ROOT/Testing_Set/Gallery_Distractor/"
 DISTRACTOR = "__distractor__"
+RANKS = (1, 5, 10, 20, 50)
 
 
 def _label(rel: str) -> str:
@@ -57,13 +64,13 @@ def plan_tinyface(root: Path, input_size: int = 112, distractors: bool = True) -
     hr = Variant(None)
 
     def score(emb: Embeddings) -> dict[str, Any]:
-        res = identify(emb.get(hr, probes), p_labels, emb.get(hr, g_rels), g_labels, 20, (1, 5, 10, 20))
+        res = identify(emb.get(hr, probes), p_labels, emb.get(hr, g_rels), g_labels, max(RANKS), RANKS, mean_ap=True)
         res["distractors"] = len(dis)
         return {"native": res}
 
     return Plan(
         dataset="tinyface",
-        protocol=f"TinyFace identification: {len(probes)} probes vs {len(matches)} gallery + {len(dis)} distractors; rank-1/5/20",
+        protocol=f"TinyFace identification: {len(probes)} probes vs {len(matches)} gallery + {len(dis)} distractors; rank-1/5/10/20/50 and mAP",
         images=ResizedCrops(root=base, name="tinyface", size=input_size),
         requests={hr: probes + g_rels},
         score=score,
