@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import ContextManager
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 
@@ -19,7 +19,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
@@ -27,7 +27,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise LrfrError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
         if spec == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         try:
             index = int(spec.split(":", 1)[1])
         except ValueError:

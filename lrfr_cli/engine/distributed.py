@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,9 +34,9 @@ class DistInfo:
 def dist_info() -> DistInfo:
     """What torchrun says about this process (single process when not launched by it)."""
     return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
 
 
@@ -62,6 +63,16 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` (a decision: skip / resume / error text) on every rank; identity when
+    not distributed. Every rank must call it; only rank 0's argument matters."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def cleanup() -> None:

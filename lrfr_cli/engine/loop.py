@@ -1,14 +1,16 @@
-"""The training loop shared by ``train`` and ``finetune``: one linear loop, every recipe an option.
+"""The training loop shared by ``train``, ``finetune`` and super-resolution training.
 
-A *task* is an ``nn.Module`` whose ``forward(x, labels)`` returns the scalar loss and whose
-``checkpoint_modules()`` names what goes into a checkpoint (``{"model": backbone, "head": head}``
-for classification). The loop owns everything else: DDP wrapping, precision, the optimiser step,
-schedules, metrics, checkpoints, resume, NaN stop and per-epoch validation.
+One linear loop, many tasks (:mod:`.tasks`). The task computes a step's loss from the raw batch;
+the loop owns everything else: the sampler, DDP wrapping, precision, the optimiser step over the
+task's parameter groups, the learning-rate schedule, ``metrics.jsonl`` (the loss and the task's
+named terms), checkpoints, resume, the NaN stop and per-epoch validation on the metric the
+:class:`Validation` names.
 
-Determinism contract (CPU): the data order is a function of ``(seed, epoch)`` (see
-:class:`~lrfr_cli.data.datasets.EpochBatchSampler`), the schedule a function of the step, and a
-checkpoint holds every other piece of state, so a run killed and resumed ends with the same
-weights as one that never stopped.
+Determinism contract (CPU): the data order is a function of ``(seed, epoch)`` (the samplers in
+:mod:`lrfr_cli.data.samplers`), on-device randomness a function of ``(seed, step, rank)``
+(:attr:`StepContext.generator`), the schedule a function of the step, and a checkpoint holds
+every other piece of state (weights, buffers, optimiser, scaler, global RNG states), so a run
+killed and resumed ends with the same weights as one that never stopped.
 """
 
 from __future__ import annotations
@@ -16,49 +18,33 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from ..data.datasets import EpochBatchSampler, FaceDataset
+from ..data.samplers import batches_per_epoch, build_sampler
 from ..errors import LrfrError
-from ..models import preprocess
 from ..workspace import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import autocast, grad_scaler
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .optim import LRSchedule, build_optimizer
 from .seed import rng_state, set_rng_state
+from .tasks import Batch, ClassifierTask, StepContext, StepOutput, Task
 
 LAST = "last.pt"
 BEST = "best.pt"
+_RESERVED = {"step", "epoch", "loss", "lr", "images_per_s", "time", "event"}
 
 
 class NonFiniteLoss(LrfrError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
-class ClassifierTask(nn.Module):
-    """Backbone + margin head: ``loss = CE(head(backbone(x), y))``."""
-
-    def __init__(self, model: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.head = head
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.head.loss(self.model(x), labels)
-
-    def checkpoint_modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model, "head": self.head}
-
-    def on_step(self, step: int) -> None:
-        if hasattr(self.head, "step"):
-            self.head.step(step)
 
 
 @dataclass
@@ -82,15 +68,36 @@ class LoopConfig:
     checkpoint_every: int = 500
     seed: int = 0
     flip: bool = True
+    sampler: str = "epoch"
+    images_per_identity: int = 4  # the pk sampler's K
     log_every: int = 10
     workers: int = 0  # not part of the identity: any value gives the same batches
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("workers")
         d.pop("log_every")
+        if self.sampler != "pk":
+            d.pop("images_per_identity")  # meaningless for other samplers: not part of their identity
         return d
+
+    def sampler_opts(self) -> dict[str, Any]:
+        return {"k": self.images_per_identity} if self.sampler == "pk" else {}
+
+
+@dataclass
+class Validation:
+    """Per-epoch validation: ``run(task)`` returns metrics including ``metric``, which picks
+    ``best.pt`` (higher is better unless ``higher_is_better=False``). Runs on rank 0 only."""
+
+    run: Callable[[Task], dict[str, float]]
+    metric: str = "val_acc"
+    higher_is_better: bool = True
+
+    def better(self, value: float, best: dict[str, Any] | None) -> bool:
+        if best is None or self.metric not in best:
+            return True
+        return value > best[self.metric] if self.higher_is_better else value < best[self.metric]
 
 
 @dataclass
@@ -103,15 +110,14 @@ class FitResult:
     seconds: float
     images_per_s: float
     resumed_from: int | None
-    best: dict[str, float] | None
+    best: dict[str, Any] | None
     last_val: dict[str, float] | None
+    steps_per_epoch: int = 1
+    terms: dict[str, float] | None = None  # the last step's named loss terms
 
 
-def plan_steps(n_images: int, cfg: LoopConfig) -> tuple[int, int]:
-    """(steps per epoch, total steps) from --epochs / --max-steps (the smaller wins)."""
-    per_epoch = n_images // cfg.global_batch
-    if per_epoch < 1:
-        raise LrfrError(f"the dataset has {n_images} images, fewer than --batch-size {cfg.global_batch}; lower --batch-size")
+def plan_steps(per_epoch: int, cfg: LoopConfig) -> int:
+    """Total steps from --epochs / --max-steps (the smaller wins), given batches per epoch."""
     if cfg.epochs is None and cfg.max_steps is None:
         raise LrfrError("give --epochs or --max-steps")
     totals = []
@@ -122,16 +128,28 @@ def plan_steps(n_images: int, cfg: LoopConfig) -> tuple[int, int]:
     total = min(totals)
     if total < 1:
         raise LrfrError("nothing to train: --epochs/--max-steps must be >= 1")
-    return per_epoch, total
+    return total
 
 
 def _unwrap_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() if v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
+def _to_batch(item: Any, device: torch.device) -> Batch:
+    """A loader item (``(images, labels, ...)`` tuple or a dict of fields) as a Batch on ``device``."""
+    if isinstance(item, dict):
+        fields = item
+    else:
+        images, labels, *rest = item
+        if rest:
+            raise LrfrError("a dataset item with more than (image, label) must be a dict of named fields")
+        fields = {"images": images, "labels": labels}
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in fields.items()}
+
+
 def fit(
-    task: nn.Module,
-    dataset: FaceDataset,
+    task: Task,
+    dataset: Dataset,
     cfg: LoopConfig,
     run_dir: Path,
     *,
@@ -140,10 +158,14 @@ def fit(
     config: dict[str, Any],
     resume: bool = False,
     progress: Callable[..., None] | None = None,
-    validate: Callable[[nn.Module], dict[str, float]] | None = None,
+    validation: Validation | None = None,
     log: Callable[[str], None] | None = None,
 ) -> FitResult:
-    """Train ``task`` on ``dataset``; writes ``checkpoints/``, ``metrics.jsonl`` (rank 0 only)."""
+    """Train ``task`` on ``dataset``; writes ``checkpoints/``, ``metrics.jsonl`` (rank 0 only).
+
+    ``dataset`` yields ``(uint8 image, label)`` or dicts of fields (``images``, ``labels``, ...)
+    for the codes the sampler gives; it needs ``labels`` (an array) for the ``pk`` sampler.
+    """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
@@ -153,19 +175,29 @@ def fit(
         if main and log:
             log(msg)
 
-    per_epoch, total = plan_steps(len(dataset), cfg)
-    n_epochs = math.ceil(total / per_epoch)
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        if cfg.sampler != "epoch":
+            raise LrfrError(f"--sampler {cfg.sampler} needs a dataset with labels")
+        labels = np.zeros(len(dataset), dtype=np.int64)  # type: ignore[arg-type]
+    labels = np.asarray(labels)
+    per_epoch = batches_per_epoch(cfg.sampler, labels, cfg.global_batch, info.world_size, **cfg.sampler_opts())
+    total = plan_steps(per_epoch, cfg)
     task.to(device)
     if cfg.channels_last:
         task.to(memory_format=torch.channels_last)
     modules = task.checkpoint_modules()
-    optimizer = build_optimizer(cfg.optimizer, [task], cfg.lr, cfg.momentum, cfg.weight_decay)
+    groups = task.param_groups(cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
+    group_options = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    lr_scales = [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
     schedule = LRSchedule(cfg.lr, total, min(cfg.warmup_steps, total), cfg.schedule, cfg.min_lr)
     scaler = grad_scaler(device, cfg.precision)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
 
     step, epoch, batch_in_epoch = 0, 0, 0
     resumed_from = None
-    best: dict[str, float] | None = None
+    best: dict[str, Any] | None = None
     last_path = ckpt_dir / LAST
     if resume:
         if not last_path.is_file():
@@ -176,7 +208,17 @@ def fit(
             raise LrfrError(f"{last_path}: not an lrfr training checkpoint (missing {', '.join(missing)})")
         for name, mod in modules.items():
             mod.load_state_dict(ck[name])
+        n_saved = len(ck["optimizer"].get("param_groups", []))
+        if n_saved != len(optimizer.param_groups):
+            raise LrfrError(
+                f"{last_path}: its optimiser has {n_saved} parameter group(s), this task {len(optimizer.param_groups)} "
+                "(a frozen/unfrozen part changed); start the run over with --force"
+            )
         optimizer.load_state_dict(ck["optimizer"])
+        # The state (momenta) continues; the hyper-parameters are this command's (--resume --force
+        # with a new --weight-decay or --momentum takes effect), identical on a plain resume.
+        for g, opts in zip(optimizer.param_groups, group_options):
+            g.update(opts)
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         step, epoch, batch_in_epoch = int(ck["step"]), int(ck.get("epoch", 0)), int(ck.get("batch_in_epoch", 0))
@@ -214,16 +256,18 @@ def fit(
 
     def run_validation(ep: int) -> dict[str, float] | None:
         nonlocal best
-        if validate is None:
+        if validation is None:
             return None
         res = None
         if main:
-            res = validate(modules["model"])
+            res = validation.run(task)
+            if validation.metric not in res:
+                raise LrfrError(f"validation returned no {validation.metric!r} (got {', '.join(res) or 'nothing'})")
             say(f"validation after epoch {ep}: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()))
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps({"step": step, "epoch": ep, **res}) + "\n")
-            if best is None or res["val_acc"] > best["val_acc"]:
-                best = {"val_acc": res["val_acc"], "step": step, "epoch": ep}
+            if validation.better(res[validation.metric], best):
+                best = {"metric": validation.metric, validation.metric: res[validation.metric], "step": step, "epoch": ep}
                 checkpoint(ckpt_dir / BEST, ep, per_epoch)
         barrier()
         return res
@@ -235,12 +279,14 @@ def fit(
     win_t, win_imgs, imgs_total = time.time(), 0, 0
     loss_val: float | None = None
     first_loss: float | None = None
+    last_terms: dict[str, float] | None = None
     last_val = None
-    window: list[float] = []
+    window: list[list[float]] = []
+    term_names: list[str] | None = None
     if progress:
         progress(step, total=total)
     while step < total:
-        sampler = EpochBatchSampler(len(dataset), cfg.global_batch, cfg.seed, epoch, info.rank, info.world_size, cfg.flip, start=batch_in_epoch)
+        sampler = build_sampler(cfg.sampler, labels, cfg.global_batch, cfg.seed, epoch, info.rank, info.world_size, cfg.flip, start=batch_in_epoch, **cfg.sampler_opts())
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -249,18 +295,26 @@ def fit(
             persistent_workers=False,
             prefetch_factor=4 if cfg.workers > 0 else None,
         )
-        for images, labels in loader:
+        for item in loader:
             lr = schedule(step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            x = preprocess(images.to(device, non_blocking=True))
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True)
+            for g, scale in zip(optimizer.param_groups, lr_scales):
+                g["lr"] = lr * scale
+            batch = _to_batch(item, device)
+            ctx = StepContext(step, epoch, cfg.seed, device, info.rank, info.world_size, cfg.precision, cfg.channels_last)
             with autocast(device, cfg.precision):
-                loss = net(x, labels)
-            mean_loss = all_reduce_mean(loss.detach().float())
-            loss_val = float(mean_loss)
+                out = net(batch, ctx)
+            if not isinstance(out, StepOutput):
+                raise TypeError(f"{type(task).__name__}.forward must return a StepOutput, got {type(out).__name__}")
+            loss = out.loss
+            if term_names is None:
+                term_names = list(out.terms)
+                clash = _RESERVED.intersection(term_names)
+                if clash:
+                    raise ValueError(f"{type(task).__name__}: loss term name(s) {sorted(clash)} are reserved in metrics.jsonl")
+            # One reduction and one host sync per step for the loss and all its terms.
+            scalars = torch.stack([loss.detach().float().reshape(()), *(out.terms[k].detach().float().reshape(()) for k in term_names)])
+            values = all_reduce_mean(scalars).tolist()
+            loss_val = values[0]
             if not math.isfinite(loss_val):
                 msg = (
                     f"loss became {loss_val} at step {step + 1}; stopped. The last good checkpoint "
@@ -277,25 +331,27 @@ def fit(
             scaler.scale(loss).backward()
             if cfg.clip_grad:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.clip_grad)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             step += 1
             batch_in_epoch += 1
-            if hasattr(task, "on_step"):
-                task.on_step(step)
+            task.on_step(step)
             n_img = cfg.global_batch
             win_imgs += n_img
             imgs_total += n_img
-            window.append(loss_val)
+            window.append(values)
             if step % cfg.log_every == 0 or step == total:
                 now = time.time()
                 ips = win_imgs / max(now - win_t, 1e-9)
                 if main:
-                    rec = {"step": step, "epoch": epoch, "loss": sum(window) / len(window), "lr": lr, "images_per_s": round(ips, 2), "time": round(now - t_start, 3)}
+                    means = np.mean(np.asarray(window, dtype=np.float64), axis=0).tolist()
+                    rec = {"step": step, "epoch": epoch, "loss": means[0], **dict(zip(term_names, means[1:])),
+                           "lr": lr, "images_per_s": round(ips, 2), "time": round(now - t_start, 3)}
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(rec) + "\n")
                 win_t, win_imgs, window = now, 0, []
+            last_terms = dict(zip(term_names, values[1:]))
             if progress:
                 progress(1, loss=loss_val, lr=lr, epoch=epoch)
             if step % cfg.checkpoint_every == 0 and step < total:
@@ -324,4 +380,9 @@ def fit(
         resumed_from=resumed_from,
         best=best,
         last_val=last_val,
+        steps_per_epoch=per_epoch,
+        terms=last_terms,
     )
+
+
+__all__ = ["BEST", "LAST", "ClassifierTask", "FitResult", "LoopConfig", "NonFiniteLoss", "Validation", "fit", "plan_steps"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "poly", "constant")
 
 
-def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
+def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weights only: decaying BN/PReLU/biases just shrinks them for nothing."""
     decay, no_decay = [], []
     seen: set[int] = set()
@@ -28,13 +29,21 @@ def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(name: str, modules: Iterable[nn.Module], lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """The optimiser over a task's parameter groups (see ``Task.param_groups``).
+
+    Groups carry their own ``weight_decay`` and may carry ``lr_scale``, which the loop applies
+    to the schedule's learning rate every step (torch keeps unknown group keys, so the scale is
+    saved in and restored from the optimiser's state_dict with the group).
+    """
     key = name.lower()
     if key not in OPTIMIZERS:
         raise LrfrError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if lr <= 0:
         raise LrfrError(f"--lr {lr}: must be > 0")
-    groups = param_groups(modules, weight_decay)
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise LrfrError("nothing to train: every parameter of the task is frozen")
     if key == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))

@@ -5,12 +5,11 @@ cross-entropy. Margin heads compare *normalised* embeddings with *normalised* cl
 each logit is ``s·cos θ_j``; a loss differs only in how the target class's ``cos θ_y`` is made
 harder, ``target_logit(cos θ_y, m)``. The margin is a per-sample tensor, so adaptive recipes
 (AdaFace, quality-adaptive margins) only have to say how ``m`` is computed, not re-implement the
-head.
+head: such a head lists the batch fields it reads in ``needs`` (e.g. ``("is_lr",)``) and receives
+them as keyword arguments of ``margins``; the classifier task supplies them.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,8 @@ class MarginHead(nn.Module):
     """
 
     name = "margin"
+    #: Batch fields (beyond embeddings and labels) this head reads, e.g. ``("quality",)``.
+    needs: tuple[str, ...] = ()
 
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.0) -> None:
         super().__init__()
@@ -46,8 +47,8 @@ class MarginHead(nn.Module):
             w = F.normalize(self.weight.float(), dim=1)
             return (e @ w.t()).clamp(-1.0, 1.0)
 
-    def margins(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None) -> torch.Tensor:
-        """The per-sample margin (length B); adaptive heads override this."""
+    def margins(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None, **fields: torch.Tensor) -> torch.Tensor:
+        """The per-sample margin (length B); adaptive heads override this and read ``fields``."""
         if margin is None:
             margin = self.m
         m = torch.as_tensor(margin, dtype=torch.float32, device=embeddings.device)
@@ -57,9 +58,9 @@ class MarginHead(nn.Module):
         """The target class's modified cosine (before scaling); plain cosine here."""
         return cos_t
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None, **fields: torch.Tensor) -> torch.Tensor:
         cos = self.cosine(embeddings)
-        m = self.margins(embeddings, labels, margin)
+        m = self.margins(embeddings, labels, margin, **fields)
         idx = labels.view(-1, 1).long()
         cos_t = cos.gather(1, idx).squeeze(1)
         target = self.target_logit(cos_t, m)
@@ -69,8 +70,8 @@ class MarginHead(nn.Module):
     def step(self, step: int) -> None:
         """Called once per optimiser step (for schedules inside the head, e.g. SphereFace's λ)."""
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None) -> torch.Tensor:
-        return F.cross_entropy(self(embeddings, labels, margin), labels)
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None, **fields: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(embeddings, labels, margin, **fields), labels)
 
 
 def angle(cos_t: torch.Tensor) -> torch.Tensor:
@@ -78,5 +79,3 @@ def angle(cos_t: torch.Tensor) -> torch.Tensor:
     eps = 1e-7
     return torch.acos(cos_t.clamp(-1.0 + eps, 1.0 - eps))
 
-
-PI = math.pi

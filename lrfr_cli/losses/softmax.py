@@ -8,11 +8,13 @@ from torch import nn
 
 
 class SoftmaxHead(nn.Module):
-    """Logits ``W x + b``; accepts (and ignores) a margin so it is interchangeable with margin heads."""
+    """Logits ``W x + b``; accepts (and ignores) a margin and batch fields so it is interchangeable
+    with margin heads. It has no options: ``--margin``/``--scale`` with it are an error, not a no-op."""
 
     name = "softmax"
+    needs: tuple[str, ...] = ()
 
-    def __init__(self, embedding_size: int, num_classes: int, **_: float) -> None:
+    def __init__(self, embedding_size: int, num_classes: int) -> None:
         super().__init__()
         self.embedding_size = embedding_size
         self.num_classes = num_classes
@@ -20,12 +22,12 @@ class SoftmaxHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_classes))
         nn.init.normal_(self.weight, std=0.01)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, margin: object = None) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, margin: object = None, **fields: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=embeddings.device.type, enabled=False):  # logits in fp32
             return F.linear(embeddings.float(), self.weight.float(), self.bias.float())
 
     def step(self, step: int) -> None:
         pass
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: object = None) -> torch.Tensor:
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: object = None, **fields: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(embeddings, labels), labels)
