@@ -16,7 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lrfr_cli.data.crb import CRB_MODES, check_crb_options, cross_resolution_batch, resolve_crb
+from lrfr_cli.data.crb import (
+    CRB_MODES,
+    check_crb_options,
+    cross_resolution_batch,
+    resolve_crb,
+)
 from lrfr_cli.errors import LrfrError
 
 SIZES = (8, 12, 16, 20, 24)
@@ -28,7 +33,7 @@ def faces(data_dir: Path) -> np.ndarray:
     dirs = sorted(p for p in (data_dir / "celeba_subset" / "images").iterdir() if p.is_dir())[::15][:16]
     if len(dirs) < 16:
         pytest.skip("celeba_subset has fewer than 16 identities")
-    return np.stack([np.array(Image.open(sorted(d.glob("*.jpg"))[0]).convert("RGB")) for d in dirs])
+    return np.stack([np.array(Image.open(min(d.glob("*.jpg"))).convert("RGB")) for d in dirs])
 
 
 def _tensor(imgs: np.ndarray) -> torch.Tensor:
