@@ -142,3 +142,49 @@ def test_lfw_people_file_as_exclude_and_artifact_bookkeeping_ignored(cli, ws, tm
     r = cli(ws, "make-list", root, "--exclude", people, "--json")
     assert r.exit_code == 0, r.stderr
     assert r.json()["skipped_files"] == 0 and r.json()["identities"] == 2 and r.json()["excluded_identities"] == 1
+
+
+def test_fingerprint_of_a_plain_tree_is_unchanged(cli, ws, tmp_path):
+    """make-list fingerprints the walker's files; on a tree without links that is exactly the set
+    (and order) fingerprint_tree's own walk gives, so existing lists stay up to date."""
+    from PIL import Image
+
+    from lrfr_cli.workspace import fingerprint_tree
+
+    root = tmp_path / "tree"
+    for ident, n in (("b", 2), ("a", 3)):
+        for i in range(n):
+            (root / ident / "sub").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(root / ident / f"{i}.png")
+        Image.new("RGB", (8, 8)).save(root / ident / "sub" / "z.jpg")
+    (root / "a" / "notes.txt").write_text("x")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "h.png").write_bytes(b"")
+    r = cli(ws, "make-list", root, "--json")
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((ws / "lists" / "tree" / "manifest.json").read_text())
+    assert manifest["inputs"]["root"] == fingerprint_tree(root)
+    assert manifest["inputs"]["root"]["files"] == 8
+
+
+@pytest.mark.skipif(os.name == "nt", reason="needs POSIX symlinks")
+def test_symlinked_identities_are_listed_and_fingerprinted(cli, ws, tmp_path):
+    """Identity folders that are links (shared storage): listed, and a change inside one is seen."""
+    from PIL import Image
+
+    store, root = tmp_path / "store", tmp_path / "tree"
+    root.mkdir()
+    for ident in ("amy", "bob"):
+        (store / ident).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(store / ident / f"{i}.png")
+        os.symlink(store / ident, root / ident)
+    r = cli(ws, "make-list", root, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert (r.json()["images"], r.json()["identities"]) == (4, 2)
+    assert _lines(ws / "lists" / "tree" / "train.txt") == [("amy/0.png", 0), ("amy/1.png", 0), ("bob/0.png", 1), ("bob/1.png", 1)]
+    assert cli(ws, "make-list", root, "--json").json()["up_to_date"] is True
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(store / "bob" / "2.png")  # new image behind the link
+    again = cli(ws, "make-list", root)
+    assert again.exit_code != 0 and "--force" in again.stderr  # the inputs changed; not "up to date"
+    assert cli(ws, "make-list", root, "--force", "--json").json()["images"] == 5

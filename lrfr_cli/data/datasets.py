@@ -23,13 +23,12 @@ from ..errors import LrfrError
 from ..workspace import fingerprint_file, fingerprint_tree
 from .faces import FaceDataset, load_face, to_input_size
 from .images import ImageReadError, load_rgb
-from .lists import build_list, check_inside_root, read_list_lines
+from .lists import build_list, check_inside_root, outside_root, read_list_lines
 from .recordio import RecordIODataset, RecordIOReader
 
 # Re-exported: engine/, commands/train.py and benchmarks import these from here.
 __all__ = [
     "INPUT_SIZE",
-    "EpochBatchSampler",
     "FaceDataset",
     "ImageFileDataset",
     "TrainingSet",
@@ -63,14 +62,15 @@ class TrainingSet:
         return np.fromiter((lab for _, lab in self.entries), dtype=np.int64, count=len(self.entries))
 
 
-def _check_entries(entries: list[tuple[str, int]], root: Path, num_classes: int, where: str) -> None:
-    if not entries:
+def _check_entries(lines: list[tuple[int, str, int]], root: Path, num_classes: int, where: str) -> None:
+    """Labels in range and every image present, before a run starts; errors name ``file:line``."""
+    if not lines:
         raise LrfrError(f"{where}: the dataset is empty (no images); check the path or run lrfr make-list")
-    for i, (rel, label) in enumerate(entries, 1):
+    for lineno, rel, label in lines:
         if label >= num_classes:
-            raise LrfrError(f"{where}: entry {i} ({rel}) has label {label}, out of range for {num_classes} classes")
+            raise LrfrError(f"{where}:{lineno}: {rel} has label {label}, out of range for {num_classes} classes")
         if not os.path.isfile(root / rel):
-            raise LrfrError(f"{where}: entry {i}: image {root / rel} not found (fix the list or --data-root)")
+            raise LrfrError(f"{where}:{lineno}: image {root / rel} not found (fix the list or --data-root)")
 
 
 def _from_list_file(list_path: Path, data_root: Path | None, allow_outside_root: bool = False) -> TrainingSet:
@@ -93,8 +93,12 @@ def _from_list_file(list_path: Path, data_root: Path | None, allow_outside_root:
         check_inside_root(list_path, lines, root)
     entries = [(rel, label) for _, rel, label in lines]
     num_classes = int(meta.get("num_classes") or (max(lab for _, lab in entries) + 1))
-    _check_entries(entries, root, num_classes, str(list_path))
-    fp = {"list": fingerprint_file(list_path), "images": fingerprint_tree(root, [root / r for r, _ in entries])}
+    _check_entries(lines, root, num_classes, str(list_path))
+    inside = [root / r for r, _ in entries if not outside_root(r)]
+    fp = {"list": fingerprint_file(list_path), "images": fingerprint_tree(root, inside)}
+    if len(inside) < len(entries):  # allowed with allow_outside_root: fingerprinted by absolute path
+        outside = [Path(os.path.abspath(root / r)) for r, _ in entries if outside_root(r)]
+        fp["outside_root"] = fingerprint_tree(Path(os.sep), outside)
     return TrainingSet("list", root.resolve(), entries, num_classes, str(list_path), fp, meta.get("classes"))
 
 
