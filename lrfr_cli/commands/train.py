@@ -11,15 +11,17 @@ from typing import Any
 
 import typer
 
+from ..data.crb import CRB_MODE_HELP, DEFAULT_LR_SIZES, check_crb_options, resolve_crb
 from ..data.datasets import TrainingSet, read_pairs, resolve_training_data
+from ..data.degrade import parse_sizes
 from ..data.samplers import SAMPLERS
 from ..engine import resolve_device, resolve_precision
 from ..engine.loop import LoopConfig
 from ..engine.optim import OPTIMIZERS, SCHEDULES
 from ..engine.runner import TrainingRun, pair_validation, run_training
-from ..engine.tasks import ClassifierTask, Task
+from ..engine.tasks import ClassifierTask, CrossResolutionBatches, Task
 from ..errors import LrfrError
-from ..losses import build_head, describe_losses, heads, parse_loss_opts
+from ..losses import build_head, describe_losses, head_factory, head_options, heads, parse_loss_opts
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
 from ..workspace import fingerprint_file
 from ._common import handle_errors, state, workspace
@@ -56,6 +58,10 @@ def train(
     warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="Linear LR warm-up steps."),
     margin: float | None = typer.Option(None, "--margin", help="Margin m of the loss (same as --loss-opt m=VALUE; defaults below)."),
     scale: float | None = typer.Option(None, "--scale", help="Logit scale s of margin losses (same as --loss-opt s=VALUE; default 64)."),
+    crb: bool | None = typer.Option(None, "--crb/--no-crb", help="Cross-Resolution Batches: mix each batch with low-resolution versions of its faces, made on the device (default: on for losses that need it, e.g. approach1/2, off otherwise)."),
+    lr_sizes: str = typer.Option(",".join(map(str, DEFAULT_LR_SIZES)), "--lr-sizes", help="CRB: heights in pixels the LR versions are down-sampled to (one drawn per sample), e.g. 8,12,16,20."),
+    crb_mode: str = typer.Option("copies", "--crb-mode", help=f"CRB mode: {CRB_MODE_HELP}"),
+    lr_prob: float = typer.Option(0.5, "--lr-prob", help="CRB split mode: the share of each batch replaced by LR versions (0..1)."),
     embedding_size: int = typer.Option(512, "--embedding-size", min=2, help="Embedding dimension."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun auto picks cuda:LOCAL_RANK)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)."),
@@ -84,9 +90,20 @@ def train(
             raise LrfrError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
     backbone, loss, optimizer, schedule, sampler = backbone.lower(), loss.lower(), optimizer.lower(), schedule.lower(), sampler.lower()
     head_kw: dict[str, Any] = parse_loss_opts(loss, loss_opt or [])
-    for key, value in (("s", scale), ("m", margin)):
+    for key, flag, value in (("s", "--scale", scale), ("m", "--margin", margin)):
         if value is not None:
+            if key not in head_options(loss):
+                raise LrfrError(f"{flag}: loss {loss} has no option {key!r} (its options: {', '.join(head_options(loss)) or 'none'})")
             head_kw.update(parse_loss_opts(loss, [f"{key}={value}"]))
+    use_crb = resolve_crb(crb, getattr(head_factory(loss), "crb", "off"), loss)
+    crb_cfg = None
+    if use_crb:
+        try:
+            parsed = parse_sizes(lr_sizes)
+        except LrfrError as e:
+            raise LrfrError(str(e).replace("--sizes", "--lr-sizes")) from None
+        sizes = check_crb_options(parsed, crb_mode, lr_prob, height=INPUT_SIZE)
+        crb_cfg = {"sizes": list(sizes), "mode": crb_mode, "lr_prob": lr_prob}
     if epochs is None and max_steps is None:
         epochs = 20
     dev = resolve_device(device)
@@ -133,6 +150,8 @@ def train(
         "loop": cfg.identity(),
         "val_pairs": str(val_pairs) if val_pairs else None,
     }
+    if crb_cfg:
+        config["crb"] = crb_cfg  # only when on: runs without CRB keep their earlier identity
     if task_opts != {"freeze_backbone": False, "head_lr_scale": 1.0}:
         config["task"] = task_opts  # only when changed: earlier runs keep their identity
     options = {k: v for k, v in config.items() if k not in ("data", "images")}
@@ -143,7 +162,8 @@ def train(
     def build_task(ts: TrainingSet) -> Task:
         model = build_backbone(backbone, embedding_size)
         head = build_head(loss, embedding_size, ts.num_classes, **head_kw)
-        return ClassifierTask(model, head, **task_opts)
+        transforms = [CrossResolutionBatches(**crb_cfg)] if crb_cfg else []
+        return ClassifierTask(model, head, transforms=transforms, **task_opts)
 
     spec = TrainingRun(
         command="train", name=name, data=ts, cfg=cfg, config=config, options=options, inputs=inputs,

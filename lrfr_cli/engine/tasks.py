@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..data.crb import check_crb_options, cross_resolution_batch
+from ..data.quality import laplacian_quality
 from ..errors import LrfrError
 from ..models import preprocess
 from .optim import param_groups as decay_groups
@@ -138,28 +139,9 @@ class BatchTransform(Protocol):
 FieldProvider = Callable[[Batch, StepContext], torch.Tensor]
 
 
-def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
-    """Per-image variance of the 3×3 Laplacian of the luma, in grey levels² (float32, length B).
-
-    A blur/resolution measure: low for blurry or up-sampled low-resolution faces. Luma is
-    ``0.299 R + 0.587 G + 0.114 B`` of the 0..255 pixels; the kernel is ``[[0,1,0],[1,-4,1],
-    [0,1,0]]`` with reflect-101 borders, i.e. OpenCV's ``Laplacian(ksize=1)`` (checked in tests).
-    Batched on the device: no per-image Python.
-    """
-    with torch.autocast(device_type=images.device.type, enabled=False):
-        x = images.float()
-        if images.dtype != torch.uint8:
-            x = x * 255.0
-        w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-        y = (x * w).sum(1, keepdim=True)
-        k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device).view(1, 1, 3, 3)
-        lap = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), k)
-        return lap.flatten(1).var(dim=1, unbiased=False)
-
-
 #: Fields a task can compute from the batch when a head needs them and the batch lacks them.
 FIELD_PROVIDERS: dict[str, FieldProvider] = {
-    "quality": lambda batch, ctx: laplacian_variance(batch["images"]),
+    "quality": lambda batch, ctx: laplacian_quality(batch["images"]),
 }
 
 
@@ -168,11 +150,35 @@ def register_field(name: str, provider: FieldProvider) -> None:
     FIELD_PROVIDERS[name] = provider
 
 
+class CrossResolutionBatches:
+    """Cross-Resolution Batches as a batch transform: LR versions of the batch's faces made on the
+    device by :func:`~lrfr_cli.data.crb.cross_resolution_batch` (``degrade_batch`` inside), same
+    labels; adds ``is_lr`` and ``lr_size``. Its random choices (rows, sizes) come from the step's
+    seed (:func:`step_seed`), so a resumed run rebuilds the same batches."""
+
+    provides: tuple[str, ...] = ("is_lr", "lr_size")
+
+    def __init__(self, sizes: Sequence[int], mode: str = "copies", lr_prob: float = 0.5, method: str = "bicubic") -> None:
+        self.sizes = check_crb_options(sizes, mode, lr_prob, method=method)
+        self.mode, self.lr_prob, self.method = mode, float(lr_prob), method
+
+    def __call__(self, batch: Batch, ctx: StepContext) -> Batch:
+        seed = step_seed(ctx.seed, ctx.step, ctx.rank)
+        out = cross_resolution_batch(batch["images"], batch["labels"], self.sizes, self.mode, self.lr_prob, seed, self.method)
+        rest = {k: v for k, v in batch.items() if k not in ("images", "labels")}
+        if rest and self.mode == "copies":  # per-sample extras follow their rows into the LR half
+            rest = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == batch["labels"].shape[:1] else v for k, v in rest.items()}
+        return {**rest, "images": out.images, "labels": out.labels, "is_lr": out.is_lr, "lr_size": out.lr_size}
+
+    def __repr__(self) -> str:
+        return f"CrossResolutionBatches(sizes={self.sizes}, mode={self.mode!r}, lr_prob={self.lr_prob}, method={self.method!r})"
+
+
 # --------------------------------------------------------------------------- classification
 class ClassifierTask(Task):
     """Backbone + classification head: ``loss = head.loss(backbone(x), labels, **fields)``.
 
-    ``transforms`` rewrite the raw batch first (on the device, with the step's generator).
+    ``transforms`` rewrite the raw batch first (on the device, e.g. :class:`CrossResolutionBatches`).
     Fields the head declares in ``needs`` come from the batch, else from
     :data:`FIELD_PROVIDERS`; a per-sample ``margin`` field, when present, overrides the head's
     ``m``. ``freeze_backbone`` keeps the backbone out of the optimiser and its BatchNorm
@@ -226,7 +232,10 @@ class ClassifierTask(Task):
         emb = self.model(ctx.prepare(batch["images"]))
         fields = self.head_fields(batch, ctx)
         loss = self.head.loss(emb, batch["labels"], batch.get("margin"), **fields)
-        return StepOutput(loss)
+        # A head's own named values (e.g. AdaFace's norm statistics, a mean margin) are logged
+        # beside the loss; they must have the same names at every step.
+        terms = dict(self.head.stats()) if hasattr(self.head, "stats") else {}
+        return StepOutput(loss, terms)
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "head": self.head}
@@ -252,10 +261,10 @@ __all__ = [
     "Batch",
     "BatchTransform",
     "ClassifierTask",
+    "CrossResolutionBatches",
     "StepContext",
     "StepOutput",
     "Task",
-    "laplacian_variance",
     "register_field",
     "step_seed",
 ]

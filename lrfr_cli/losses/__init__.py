@@ -5,14 +5,16 @@ has ``loss(...)`` (cross-entropy on those logits) and ``step(step)`` (per-optimi
 hook). What a head needs beyond embeddings and labels it declares, so that nothing else has to
 know about it:
 
-* its **options** are its constructor's keyword arguments with defaults (``s``, ``m``, ...):
+* its **options** are its constructor's keyword arguments with defaults (``s``, ``m``, ...),
+  optionally described by a class attribute ``options = {"m_hr": (float, 0.35, "help"), ...}``:
   ``lrfr train --loss-opt KEY=VALUE`` is checked and converted against them, and ``--help``
   shows them with their defaults;
 * its **batch fields** are the class attribute ``needs`` (e.g. ``("is_lr",)`` or
   ``("quality",)``): :class:`~lrfr_cli.engine.tasks.ClassifierTask` hands it those fields of the
   batch (made by a batch transform or a field provider) as keyword arguments.
 
-The registry line carries the one-line description that ``lrfr train --help`` prints.
+The registry line (or the head's ``summary`` attribute) carries the one-line description that
+``lrfr train --help`` prints.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ class LossEntry:
 _REGISTRY: dict[str, LossEntry] = {}
 
 
-def register_head(name: str, factory: Callable[..., nn.Module], summary: str) -> None:
-    """Add a loss: ``register_head("adaface", AdaFaceHead, "margin adapted by feature norm")``."""
+def register_head(name: str, factory: Callable[..., nn.Module], summary: str | None = None) -> None:
+    """Add a loss: ``register_head("adaface", AdaFaceHead, "margin adapted by feature norm")``
+    (``summary`` defaults to the head's ``summary`` class attribute)."""
+    summary = summary or getattr(factory, "summary", None)
     if not summary or "\n" in summary:
         raise ValueError(f"loss {name!r}: the summary is one non-empty line (it is printed by --help)")
     _REGISTRY[name.lower()] = LossEntry(factory, summary)
@@ -70,42 +74,59 @@ def _entry(name: str) -> tuple[str, LossEntry]:
     return key, _REGISTRY[key]
 
 
+def head_factory(name: str) -> Callable[..., nn.Module]:
+    """The registered class/factory of ``name`` (to read its declared attributes, e.g. ``crb``)."""
+    return _entry(name)[1].factory
+
+
 def head_options(name: str) -> dict[str, Any]:
-    """The loss's options and their defaults, read off the head's constructor signature."""
+    """The loss's options and their defaults: the head constructor's keyword arguments with
+    defaults, overlaid by the head's declared ``options`` (``{key: (type, default, help)}``)."""
     _, entry = _entry(name)
     sig = inspect.signature(entry.factory)
-    return {
+    opts = {
         p.name: p.default
         for p in sig.parameters.values()
         if p.name not in ("embedding_size", "num_classes")
         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and p.default is not inspect.Parameter.empty
     }
+    for key, (_type, default, _help) in _declared(entry).items():
+        opts[key] = default
+    return opts
 
 
-def _convert(loss: str, key: str, text: str, default: Any) -> Any:
+def _declared(entry: LossEntry) -> dict[str, tuple[type, Any, str]]:
+    declared = getattr(entry.factory, "options", None)
+    return dict(declared) if isinstance(declared, dict) else {}
+
+
+def _convert(loss: str, key: str, text: str, default: Any, kind: type | None = None) -> Any:
     try:
-        if isinstance(default, bool):
+        if kind is bool or isinstance(default, bool):
             low = text.strip().lower()
             if low in ("1", "true", "yes", "on"):
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
             raise ValueError(text)
+        if kind is not None:
+            return kind(text)
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float) or default is None:
             return float(text)
         return type(default)(text)
     except ValueError:
-        kind = "true/false" if isinstance(default, bool) else type(default).__name__ if default is not None else "number"
-        raise LrfrError(f"--loss-opt {key}={text}: {loss}'s {key} takes a {kind} value (default {default})") from None
+        want = (kind or (type(default) if default is not None else float)).__name__
+        raise LrfrError(f"--loss-opt {key}={text}: {loss}'s {key} takes a {want} value (default {default})") from None
 
 
 def parse_loss_opts(name: str, items: Sequence[str]) -> dict[str, Any]:
     """``["m=0.4", "h=0.333"]`` → ``{"m": 0.4, "h": 0.333}``, typed by the options' defaults."""
-    key, _ = _entry(name)
+    key, entry = _entry(name)
     opts = head_options(key)
+    declared = _declared(entry)
     out: dict[str, Any] = {}
     for item in items:
         k, sep, v = item.partition("=")
@@ -115,7 +136,7 @@ def parse_loss_opts(name: str, items: Sequence[str]) -> dict[str, Any]:
         if k not in opts:
             have = ", ".join(f"{o}={d}" for o, d in opts.items()) or "none"
             raise LrfrError(f"--loss-opt {item}: loss {key} has no option {k!r} (its options: {have})")
-        out[k] = _convert(key, k, v, opts[k])
+        out[k] = _convert(key, k, v, opts[k], declared[k][0] if k in declared else None)
     return out
 
 
@@ -137,7 +158,7 @@ def describe_losses() -> list[str]:
     """One line per loss for ``--help``: name, options with defaults, what it is for."""
     lines = []
     for name, entry in _REGISTRY.items():
-        opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in head_options(name).items())
+        opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in head_options(name).items() if v is not None)
         lines.append(f"{name}{f' ({opts})' if opts else ''}: {entry.summary}")
     return lines
 
@@ -152,6 +173,7 @@ __all__ = [
     "SphereFaceHead",
     "build_head",
     "describe_losses",
+    "head_factory",
     "head_options",
     "heads",
     "parse_loss_opts",
