@@ -3,13 +3,14 @@ same embeddings as our IResNet after the checkpoint conversion."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from lrfr_cli.embed import extract
+from lrfr_cli.embed import adaface, extract
 from lrfr_cli.embed.model import resolve_model
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.models import build_backbone
@@ -90,3 +91,96 @@ def test_insightface_state_dict_backbone_is_detected(tmp_path: Path) -> None:
     torch.save({"a.weight": torch.zeros(3)}, g)
     with pytest.raises(LrfrError, match="--backbone"):
         resolve_model(str(g), tmp_path)
+
+
+# ----------------------------------------------------------------------------- face.evoLVe
+_EVOLVE_IR50 = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))  # (in, out, units) per stage
+
+
+def _bn(sd: dict[str, torch.Tensor], prefix: str, c: int, g: torch.Generator, scale: float = 1.0) -> None:
+    sd[f"{prefix}.weight"] = scale * (1.0 + 0.1 * torch.randn(c, generator=g))
+    sd[f"{prefix}.bias"] = 0.1 * torch.randn(c, generator=g)
+    sd[f"{prefix}.running_mean"] = 0.1 * torch.randn(c, generator=g)
+    sd[f"{prefix}.running_var"] = 0.5 + torch.rand(c, generator=g)
+    sd[f"{prefix}.num_batches_tracked"] = torch.tensor(100)
+
+
+def _conv(cout: int, cin: int, k: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(cout, cin, k, k, generator=g) * (2.0 / (cin * k * k)) ** 0.5
+
+
+@functools.cache
+def _evolve_ir50_state() -> tuple[dict[str, torch.Tensor], list[tuple[int, int, int]]]:
+    """face.evoLVe ``IR_50([112, 112])`` parameter names and shapes, random values."""
+    g = torch.Generator().manual_seed(0)
+    sd: dict[str, torch.Tensor] = {"input_layer.0.weight": _conv(64, 3, 3, g)}
+    _bn(sd, "input_layer.1", 64, g)
+    sd["input_layer.2.weight"] = 0.25 + 0.05 * torch.randn(64, generator=g)
+    units = [(cin if u == 0 else cout, cout, 2 if u == 0 else 1) for cin, cout, n in _EVOLVE_IR50 for u in range(n)]
+    for i, (cin, cout, _) in enumerate(units):
+        p = f"body.{i}"
+        if cin != cout:
+            sd[f"{p}.shortcut_layer.0.weight"] = _conv(cout, cin, 1, g)
+            _bn(sd, f"{p}.shortcut_layer.1", cout, g)
+        _bn(sd, f"{p}.res_layer.0", cin, g)
+        sd[f"{p}.res_layer.1.weight"] = _conv(cout, cin, 3, g)
+        sd[f"{p}.res_layer.2.weight"] = 0.25 + 0.05 * torch.randn(cout, generator=g)
+        sd[f"{p}.res_layer.3.weight"] = _conv(cout, cout, 3, g)
+        _bn(sd, f"{p}.res_layer.4", cout, g, scale=0.2)  # keeps 24 residual sums in range
+    _bn(sd, "output_layer.0", 512, g)
+    sd["output_layer.3.weight"] = torch.randn(512, 512 * 49, generator=g) / (512 * 49) ** 0.5
+    sd["output_layer.3.bias"] = 0.1 * torch.randn(512, generator=g)
+    for k in ("weight", "bias", "running_mean", "running_var"):  # affine BatchNorm1d
+        sd[f"output_layer.4.{k}"] = (0.5 + torch.rand(512, generator=g)) if k in ("weight", "running_var") else 0.1 * torch.randn(512, generator=g)
+    sd["output_layer.4.num_batches_tracked"] = torch.tensor(100)
+    return sd, units
+
+
+def _evolve_reference(sd: dict[str, torch.Tensor], units: list[tuple[int, int, int]], x: torch.Tensor) -> torch.Tensor:
+    """face.evoLVe's Backbone.forward written with functional ops on the raw state dict."""
+    import torch.nn.functional as F
+
+    def bn(t: torch.Tensor, p: str) -> torch.Tensor:
+        return F.batch_norm(t, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"], False, 0.0, 1e-5)
+
+    t = F.prelu(bn(F.conv2d(x, sd["input_layer.0.weight"], padding=1), "input_layer.1"), sd["input_layer.2.weight"])
+    for i, (cin, cout, stride) in enumerate(units):
+        p = f"body.{i}"
+        if cin == cout:
+            short = t[:, :, ::stride, ::stride]  # MaxPool2d(1, stride): plain sub-sampling
+        else:
+            short = bn(F.conv2d(t, sd[f"{p}.shortcut_layer.0.weight"], stride=stride), f"{p}.shortcut_layer.1")
+        r = F.conv2d(bn(t, f"{p}.res_layer.0"), sd[f"{p}.res_layer.1.weight"], padding=1)
+        r = F.conv2d(F.prelu(r, sd[f"{p}.res_layer.2.weight"]), sd[f"{p}.res_layer.3.weight"], stride=stride, padding=1)
+        t = bn(r, f"{p}.res_layer.4") + short
+    t = bn(t, "output_layer.0").flatten(1)
+    return bn(F.linear(t, sd["output_layer.3.weight"], sd["output_layer.3.bias"]), "output_layer.4")
+
+
+def test_evolve_ir50_checkpoint_gives_the_same_embeddings(tmp_path: Path) -> None:
+    sd, units = _evolve_ir50_state()
+    f = tmp_path / "backbone_ir50_ms1m_epoch120.pth"
+    torch.save(sd, f)  # face.evoLVe saves the bare backbone state_dict
+    m = resolve_model(str(f), tmp_path)
+    assert m.backbone == "ir50" and m.channel_order == "rgb" and m.config["layout"] == "evolve"
+    x = torch.randint(0, 256, (1, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))  # IR-50 on CPU: one face
+    with torch.inference_mode():
+        want = _evolve_reference(sd, units, (x.float() / 255.0 - 0.5) / 0.5)  # RGB, mean 0.5, std 0.5
+    got = extract.forward(m, x, "fp32")
+    assert want.std() > 0.1  # not a degenerate comparison
+    # fp32 through 50 conv layers, summed in another order: tolerance relative to the output scale.
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
+    with pytest.raises(LrfrError, match=r"face\.evoLVe ir50.*--backbone ir50"):
+        resolve_model(str(f), tmp_path, backbone="ir18")
+
+
+def test_evolve_variants_we_cannot_load_say_so() -> None:
+    sd, _ = _evolve_ir50_state()
+    with pytest.raises(LrfrError, match="IR-SE"):  # IR_SE_50: an SEModule closes every residual branch
+        adaface.convert(dict(sd, **{"body.0.res_layer.5.fc1.weight": torch.zeros(4, 64, 1, 1)}))
+    with pytest.raises(LrfrError, match="112x112-input"):  # Backbone([224, 224], ...)
+        adaface.convert(dict(sd, **{"output_layer.3.weight": torch.zeros(1).expand(512, 512 * 14 * 14)}))
+    with pytest.raises(LrfrError, match=r"face\.evoLVe-layout checkpoint with 23 residual blocks"):
+        adaface.convert({k: v for k, v in sd.items() if not k.startswith("body.23.")})
+    with pytest.raises(LrfrError, match="neither AdaFace's 6-module"):
+        adaface.convert({k: v for k, v in sd.items() if ".res_layer.4." not in k})

@@ -22,7 +22,7 @@ from ..workspace import fingerprint_file
 from . import adaface
 
 CHECKPOINT_CHOICES = ("auto", "best", "last")
-CHANNEL_ORDERS = ("auto", "rgb", "bgr")  # auto: bgr for AdaFace-layout checkpoints, else rgb
+CHANNEL_ORDERS = ("auto", "rgb", "bgr")  # auto: bgr for AdaFace checkpoints, else rgb (face.evoLVe, insightface, ours)
 _PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
 
 
@@ -148,10 +148,12 @@ def _load_external(path: Path, backbone: str | None, channel_order: str) -> Load
     state = _clean_state(_extract_state(ckpt, path), path)
     layout = "insightface"
     if adaface.is_adaface_layout(state):
-        state, detected = adaface.convert(state)
-        layout = "adaface"
+        state, detected, layout = adaface.convert(state)
         if backbone and backbone.lower() != detected:
-            raise LrfrError(f"checkpoint {path} is an AdaFace {detected} (by its block count), not {backbone}; use --backbone {detected}")
+            raise LrfrError(
+                f"checkpoint {path} is a {adaface.LAYOUT_NAMES[layout]} {detected} (by its block count), not {backbone}; "
+                f"use --backbone {detected}"
+            )
         backbone = detected
     emb = _infer_embedding_size(state)
     if not backbone:
@@ -159,7 +161,7 @@ def _load_external(path: Path, backbone: str | None, channel_order: str) -> Load
         if backbone is None:
             raise LrfrError(f"--model {path}: no registered backbone fits this state_dict; name it with --backbone ({', '.join(BACKBONES)})")
     if channel_order == "auto":
-        channel_order = "bgr" if layout == "adaface" else "rgb"
+        channel_order = adaface.CHANNEL_ORDER.get(layout, "rgb")
     module = _build_and_load(backbone, emb, state, path)
     return LoadedModel(
         module=module,
@@ -175,7 +177,7 @@ def _load_external(path: Path, backbone: str | None, channel_order: str) -> Load
 
 
 def _extract_state(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
-    """A bare state_dict (insightface), ``{"state_dict": ...}`` (AdaFace/Lightning) or ours."""
+    """A bare state_dict (insightface, face.evoLVe), ``{"state_dict": ...}`` (AdaFace/Lightning) or ours."""
     if not isinstance(ckpt, dict):
         raise LrfrError(f"{path}: expected a state_dict (a mapping of tensors), got {type(ckpt).__name__}")
     for key in ("state_dict", "model", "backbone"):
