@@ -116,3 +116,35 @@ def test_area_batch_on_float_input_equals_uint8_path(data_dir):
     for i, img in enumerate(imgs):
         ref = cv2.resize(img, (12, 12), interpolation=cv2.INTER_AREA).astype(int)
         assert np.abs(u8[i].permute(1, 2, 0).numpy().astype(int) - ref).max() <= 1
+
+
+def test_area_outputs_made_before_the_exact_box_are_redone(cli, ws, tmp_path, data_dir):
+    """An area artifact whose manifest predates the exact box (no ``box`` option) is not reused."""
+    import json
+
+    from PIL import Image
+
+    from lrfr_cli.workspace import make_key
+
+    src = tmp_path / "faces" / "p"
+    src.mkdir(parents=True)
+    for k, img in enumerate(_celeba_faces(data_dir, 2)):
+        Image.fromarray(img).save(src / f"{k}.png")
+    args = ("degrade", tmp_path / "faces", "--sizes", "20", "--method", "area", "--no-upsample", "--workers", "1", "--json")
+    assert cli(ws, *args).json().get("up_to_date") is not True
+    out = ws / "degraded" / "faces" / "20px"
+    assert cli(ws, *args).json()["up_to_date"] is True  # same options: skipped
+    mf = out / "manifest.json"
+    m = json.loads(mf.read_text())
+    assert m["options"]["box"] == "exact-overlap"
+    # what an artifact written by the old (adaptive-pooling) code recorded: no "box", its own key
+    del m["options"]["box"]
+    m["key"] = make_key(m["command"], m["options"], m["inputs"])
+    mf.write_text(json.dumps(m))
+    r = cli(ws, *args)
+    assert r.exit_code != 0 and "--force" in r.stderr  # never silently reused
+    assert cli(ws, *args, "--force").json().get("up_to_date") is not True
+    got = np.asarray(Image.open(out / "p" / "0.png")).astype(int)
+    ref = cv2.resize(_celeba_faces(data_dir, 1)[0], (20, 20), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(got - ref).max() <= 1
+    assert "box" not in DegradeSpec(20, "bicubic").to_dict()  # other methods' artifacts stay valid

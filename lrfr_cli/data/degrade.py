@@ -76,6 +76,10 @@ class DegradeSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["antialias"] = self.antialias
+        if self.method == "area":
+            # Marks the exact fractional-overlap box (it replaced torch's adaptive pooling), so
+            # `lrfr degrade --method area` outputs made before the change are redone, not reused.
+            d["box"] = "exact-overlap"
         return d
 
     def describe(self) -> str:
