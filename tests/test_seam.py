@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -79,9 +80,8 @@ class SmallNet(nn.Module):
 
 
 def _cfg(**kw) -> LoopConfig:
-    base = dict(global_batch=8, max_steps=6, lr=0.05, schedule="constant", checkpoint_every=2, log_every=1, workers=0, seed=3)
-    base.update(kw)
-    return LoopConfig(**base)
+    base = {"global_batch": 8, "max_steps": 6, "lr": 0.05, "schedule": "constant", "checkpoint_every": 2, "log_every": 1, "workers": 0, "seed": 3}
+    return LoopConfig(**{**base, **kw})
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -370,7 +370,7 @@ def test_loss_options_are_typed_checked_and_listed(monkeypatch):
         """A new loss with its own option: one class + one registry line."""
 
         summary = "a toy loss for the registry test"
-        options = {"gamma": (float, 2.0, "how toy it is")}
+        options: ClassVar[dict] = {"gamma": (float, 2.0, "how toy it is")}
 
         def __init__(self, embedding_size, num_classes, s=64.0, m=0.35, gamma=2.0):
             super().__init__(embedding_size, num_classes, s=s, m=m)
