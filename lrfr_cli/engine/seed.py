@@ -9,13 +9,12 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (initial weights; on-device step randomness has its own
+    per-step generators, see ``engine.tasks.step_seed``)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def rng_state() -> dict[str, Any]:

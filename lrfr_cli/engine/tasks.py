@@ -139,15 +139,11 @@ class BatchTransform(Protocol):
 FieldProvider = Callable[[Batch, StepContext], torch.Tensor]
 
 
-#: Fields a task can compute from the batch when a head needs them and the batch lacks them.
+#: Fields a task can compute from the batch when a head needs them and the batch lacks them
+#: (a new field is one line here).
 FIELD_PROVIDERS: dict[str, FieldProvider] = {
     "quality": lambda batch, ctx: laplacian_quality(batch["images"]),
 }
-
-
-def register_field(name: str, provider: FieldProvider) -> None:
-    """Teach tasks to make batch field ``name`` (one line per new field a head may need)."""
-    FIELD_PROVIDERS[name] = provider
 
 
 class CrossResolutionBatches:
@@ -265,6 +261,5 @@ __all__ = [
     "StepContext",
     "StepOutput",
     "Task",
-    "register_field",
     "step_seed",
 ]

@@ -27,9 +27,8 @@ class TinyNet(nn.Module):
             *_block(2 * w, 4 * w, 2),  # 7
             *_block(4 * w, 4 * w, 1),
         )
-        self.dropout = nn.Dropout(0.0)
         self.fc = nn.Linear(4 * w * 7 * 7, embedding_size)
         self.features = nn.BatchNorm1d(embedding_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.fc(self.dropout(torch.flatten(self.body(x), 1))))
+        return self.features(self.fc(torch.flatten(self.body(x), 1)))
