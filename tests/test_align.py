@@ -193,7 +193,7 @@ def test_already_aligned_input_passes_through(data_dir: Path, ws: Path, tmp_path
 
 def test_assume_cropped_tiny_faces(data_dir: Path, tmp_path: Path) -> None:
     """A 16 px crop of an aligned face's MTCNN box goes back onto the template's face box."""
-    from lrfr_cli.align.pipeline import TEMPLATE_FACE_BOX_112
+    from lrfr_cli.align.aligner import TEMPLATE_FACE_BOX_112
 
     src = tmp_path / "tiny"
     (src / "a").mkdir(parents=True)

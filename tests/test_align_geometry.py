@@ -12,15 +12,8 @@ from torch.nn import functional as F
 
 from lrfr_cli.align.decode import detection_image
 from lrfr_cli.align.mtcnn import MtcnnDetector, crop_resize_area
-from lrfr_cli.align.pipeline import (
-    TEMPLATE_FACE_BOX_112,
-    AlignConfig,
-    Aligner,
-    assumed_crop_matrix,
-    centre_crop_matrix,
-    output_rel,
-    parse_size,
-)
+from lrfr_cli.align.aligner import TEMPLATE_FACE_BOX_112, Aligner, assumed_crop_matrix, centre_crop_matrix
+from lrfr_cli.align.options import AlignConfig, output_rel, parse_size
 from lrfr_cli.align.warp import ARCFACE_TEMPLATE, apply_transform, fit_error, template_for, template_with_margin, umeyama, warp_face
 from lrfr_cli.data.images import load_rgb
 from lrfr_cli.errors import LrfrError
@@ -80,7 +73,7 @@ def test_templates_for_other_sizes() -> None:
 
 def test_face_selection_rules() -> None:
     from lrfr_cli.align.mtcnn import Detections
-    from lrfr_cli.align.pipeline import _select
+    from lrfr_cli.align.aligner import select_faces as _select
 
     boxes = np.array([[0, 0, 50, 50], [400, 280, 480, 360], [100, 100, 300, 300.0]])  # areas 2500, 6400, 40000
     det = Detections(boxes, np.array([0.99, 0.98, 0.97]), np.zeros((3, 5, 2)))
@@ -226,3 +219,21 @@ def test_rotated_scaled_copy_aligns_back(data_dir: Path) -> None:
     corr = np.corrcoef(out[inner].astype(float).ravel(), ref.ravel())[0, 1]
     assert corr > 0.9, corr
     assert np.abs(out[inner].astype(float) - ref).mean() < 20
+
+
+def test_integral_image_opencv_path_equals_cumsum() -> None:
+    """The CPU fast path (cv2.integral) and the device path (two cumsums) give the same exact table."""
+    from lrfr_cli.align.mtcnn import integral_image, resize_from_integral
+
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    fast = integral_image(imgs)
+    slow = integral_image(torch.from_numpy(imgs))
+    loops = np.zeros((2, 38, 54, 3), np.int64)
+    for y in range(37):
+        for x in range(53):
+            loops[:, y + 1, x + 1] = imgs[:, : y + 1, : x + 1].reshape(2, -1, 3).sum(1)
+    assert fast.dtype == torch.int32 and np.array_equal(fast.numpy(), loops) and np.array_equal(slow.numpy(), loops)
+    # the pyramid's whole-image resize is PyTorch's area interpolation
+    want = F.interpolate(torch.from_numpy(imgs).permute(0, 3, 1, 2).float(), size=(16, 23), mode="area")
+    assert torch.allclose(resize_from_integral(fast, 16, 23), want, atol=1e-4)

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from ..align.pipeline import AlignConfig, align_tree, check_name_clashes, parse_size, parse_thresholds
+from ..align.options import AlignConfig, check_name_clashes, parse_size, parse_thresholds
+from ..align.pipeline import align_tree
 from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
