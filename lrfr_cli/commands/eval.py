@@ -25,8 +25,9 @@ from ..protocols.scface import parse_distances, plan_scface
 from ..protocols.sources import AlignedFolder, LfwCenterCrop
 from ..protocols.survface import plan_survface
 from ..protocols.tinyface import plan_tinyface
+from ..results import EvalRecord, ResultsError
 from ..ui import null_progress
-from ..workspace import Workspace, atomic_write_text, git_commit, package_versions
+from ..workspace import Workspace, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 
 DATASETS = ("lfw", "scface", "survface", "tinyface")
@@ -184,74 +185,45 @@ def eval_cmd(
     out_name = name or _output_name(dataset, setting, pairs, distances)
     out_path = ws.root / "evals" / loaded.name / f"{out_name}.json"
     variants = sorted({v.describe() for v in plan.requests})
-    doc: dict[str, Any] = {
-        "command": "eval",
-        "dataset": dataset,
-        "protocol": plan.protocol,
-        "protocol_info": plan.info,
-        "model": {**loaded.describe(), "flip": flip, "precision": prec},
-        "images": images_info,
-        "degradation": {"method": method, "blur": blur, "noise": noise, "jpeg": jpeg, "seed": seed,
-                        "upsample": "bicubic back to the input size", "variants": variants},
-        "sizes": sorted(int(k) for k in results) if dataset == "lfw" else None,
-        "results": results,
-        "embeddings": {"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,
-                       "forward_images": stats.forward_images, "per_variant": stats.per_variant},
-        "timings": {"load_and_align_s": round(t1 - t0 - stats.seconds, 3), "align_s": round(align_s, 3),
-                    "embed_s": round(stats.seconds, 3), "score_s": round(t2 - t1, 3),
-                    "total_s": round(time.time() - t0, 3),
-                    "images_per_s": round(stats.forward_images / stats.seconds, 2) if stats.seconds > 0 and stats.forward_images else None},
-        "device": str(dev),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-    }
-    doc["merged_with_previous"] = _merge_previous(out_path, doc)
-    if out_path.exists() and not doc["merged_with_previous"] and not _same_setup(out_path, doc):
+    record = EvalRecord.build(
+        dataset=dataset,
+        protocol=plan.protocol,
+        protocol_info=plan.info,
+        model={**loaded.describe(), "flip": flip, "precision": prec},
+        images=images_info,
+        degradation={"method": method, "blur": blur, "noise": noise, "jpeg": jpeg, "seed": seed,
+                     "upsample": "bicubic back to the input size", "variants": variants},
+        sizes=sorted(int(k) for k in results) if dataset == "lfw" else None,
+        results=results,
+        embeddings={"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,
+                    "forward_images": stats.forward_images, "per_variant": stats.per_variant},
+        timings={"load_and_align_s": round(t1 - t0 - stats.seconds, 3), "align_s": round(align_s, 3),
+                 "embed_s": round(stats.seconds, 3), "score_s": round(t2 - t1, 3),
+                 "total_s": round(time.time() - t0, 3),
+                 "images_per_s": round(stats.forward_images / stats.seconds, 2) if stats.seconds > 0 and stats.forward_images else None},
+        device=str(dev),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=package_versions(),
+        git_commit=git_commit(),
+    )
+    old = _previous(out_path)
+    record.doc["merged_with_previous"] = record.merge_previous(old) if old is not None else []
+    if out_path.exists() and not record.doc["merged_with_previous"] and (old is None or not record.same_setup(old)):
         st.warn(f"{out_path.name}: replacing results made with another model, alignment or degradation (use --name to keep both)")
-    # Not atomic_write_json: it sorts keys, and sizes should read 8, 12, 16 ... not 112, 12, 16.
-    atomic_write_text(out_path, json.dumps(doc, indent=2, default=str) + "\n")
+    record.save(out_path)
+    doc = record.to_dict()
     doc["path"] = str(out_path)
 
     st.table(_table(dataset, doc))
     st.summary(_line(dataset, doc, out_path), doc)
 
 
-def _compat_key(doc: dict[str, Any]) -> str:
-    keep = {k: doc[k] for k in ("dataset", "protocol_info", "images", "degradation")}
-    keep["degradation"] = {k: v for k, v in keep["degradation"].items() if k != "variants"}
-    keep["model"] = {k: doc["model"][k] for k in ("checkpoint_sha1", "flip", "precision", "channel_order")}
-    return json.dumps(keep, sort_keys=True, default=str)
-
-
-def _same_setup(path: Path, doc: dict[str, Any]) -> bool:
+def _previous(path: Path) -> EvalRecord | None:
+    """The eval already at ``path``, if it is readable (an unreadable one is simply replaced)."""
     try:
-        return _compat_key(json.loads(path.read_text())) == _compat_key(doc)
-    except (OSError, json.JSONDecodeError, KeyError):
-        return False
-
-
-def _merge_previous(path: Path, doc: dict[str, Any]) -> list[str]:
-    """Keep results of other sizes/distances from an earlier eval made the same way."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    try:
-        same = _compat_key(old) == _compat_key(doc)
-    except KeyError:
-        return []
-    if not same:
-        return []
-    added = [k for k in old.get("results", {}) if k not in doc["results"]]
-    for k in added:
-        doc["results"][k] = old["results"][k]
-    if doc["dataset"] == "lfw":
-        doc["results"] = dict(sorted(doc["results"].items(), key=lambda kv: int(kv[0])))
-        doc["sizes"] = sorted({int(k) for k in doc["results"]})
-    else:
-        doc["results"] = dict(sorted(doc["results"].items()))
-    return added
+        return EvalRecord.load(path) if path.exists() else None
+    except ResultsError:
+        return None
 
 
 def _pct(v: Any) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..embed import Embeddings, ImageSet, Variant
 from ..errors import LrfrError
+from ..results import compact_roc
 from . import metrics as M
 from .base import Plan, variant_for
 
@@ -218,6 +219,7 @@ def plan_lfw(
                 thresholds=kf.thresholds,
                 auc=M.roc_auc(sc, y),
                 tar_at_far={f"{f:g}": v for f, v in M.tar_at_far(sc, y, list(FARS)).items()},
+                roc=compact_roc(*M.roc_curve(sc, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
                 mean_genuine=float(sc[y].mean()) if y.any() else None,
                 mean_impostor=float(sc[~y].mean()) if (~y).any() else None,
             )

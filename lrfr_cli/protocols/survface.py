@@ -21,6 +21,7 @@ import numpy as np
 
 from ..embed import Embeddings, Variant
 from ..errors import LrfrError
+from ..results import compact_roc
 from . import metrics as M
 from .base import Plan
 from .sources import ResizedCrops
@@ -100,6 +101,7 @@ def plan_survface(root: Path, input_size: int = 112) -> Plan:
                 "negative": len(neg),
                 "auc": M.roc_auc(s, y),
                 "tar_at_far": {f"{f:g}": v for f, v in M.tar_at_far(s, y, list(FARS)).items()},
+                "roc": compact_roc(*M.roc_curve(s, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
             }
         }
 

@@ -1,0 +1,316 @@
+"""The evaluation record: what ``lrfr eval`` writes and ``lrfr report`` reads.
+
+One type, so the JSON layout is defined once. A record is the eval JSON document itself (kept as
+a plain dict, so files written before this module existed load unchanged) plus the few operations
+both commands need: build, merge with an earlier eval made the same way, compatibility key, load
+with a schema check, atomic save, and flat metric names for tables and CI gates.
+
+Metric names (fractions in [0, 1], all higher-is-better)::
+
+    lfw/hr-lr@16                 LFW accuracy, setting hr-lr, probe 16 px (pairs.txt, View 2)
+    lfw-pairsDevTest/hr-lr@16    the same on another pairs file (here View 1's test pairs)
+    lfw/hr-lr@16:auc             ROC AUC;  lfw/hr-lr@16:tar@far=0.001  TAR at FAR 0.1 %
+    scface/d2:rank1              SCface rank-1 at distance 2 (also :rank5, :rank10, :rank20)
+    survface:tar@far=0.01        QMUL-SurvFace TAR at FAR 1 % (also 0.3, 0.1, 0.001) and :auc
+    tinyface:rank1, tinyface:map TinyFace rank-k (1, 5, 10, 20, 50) and mean average precision
+
+Importable without torch or numpy: ``lrfr report`` starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import LrfrError
+from .workspace import atomic_write_text
+
+SCHEMA_NAME = "lrfr.eval"
+SCHEMA_VERSION = 1
+SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
+ROC_MAX_POINTS = 200
+"""Upper bound on the ROC points stored per setting: enough for a smooth plot (log-FAR axis
+included), small enough that an eval JSON stays a few kB per size."""
+
+# Leading keys in this order (the rest keep eval's order): humans read the file top down.
+_FIRST = ("schema", "command", "dataset", "protocol")
+
+
+class ResultsError(LrfrError):
+    """An eval JSON that cannot be used: unreadable, truncated, not ours, or of a newer schema."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number of a record under its flat name (see the module docstring)."""
+
+    name: str
+    value: float
+    headline: bool = False  # shown as a column of the report table and compared by --baseline
+
+
+@dataclass
+class EvalRecord:
+    """One eval JSON document. ``doc`` is exactly what is written (field-compatible with the
+    layout eval wrote before the schema field existed); ``path`` is where it was read from."""
+
+    doc: dict[str, Any]
+    path: Path | None = None
+
+    # ------------------------------------------------------------------ build / load / save
+    @classmethod
+    def build(cls, **fields: Any) -> EvalRecord:
+        """A new record of the current schema from eval's fields (``dataset``, ``results`` ...)."""
+        missing = [k for k in ("dataset", "model", "results") if k not in fields]
+        if missing:
+            raise ValueError(f"EvalRecord.build needs {', '.join(missing)}")
+        doc: dict[str, Any] = {"schema": SCHEMA, "command": "eval"}
+        doc.update(fields)
+        return cls(doc)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EvalRecord:
+        """Read and check an eval JSON; every way it can be unusable is one :class:`ResultsError` line."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            raise ResultsError(f"{p}: no such eval JSON") from None
+        except IsADirectoryError:
+            raise ResultsError(f"{p}: is a folder, not an eval JSON") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ResultsError(f"{p}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        if not text.strip():
+            raise ResultsError(f"{p}: empty file (an interrupted write?); re-run `lrfr eval`")
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            where = "truncated" if e.pos >= len(text.rstrip()) - 1 else f"invalid JSON at line {e.lineno}"
+            raise ResultsError(f"{p}: {where} ({e.msg}); re-run `lrfr eval` to rewrite it") from None
+        return cls.from_dict(doc, p)
+
+    @classmethod
+    def from_dict(cls, doc: Any, path: Path | None = None) -> EvalRecord:
+        where = str(path) if path else "eval record"
+        if not isinstance(doc, dict):
+            raise ResultsError(f"{where}: not an lrfr eval JSON (top level is a {type(doc).__name__})")
+        schema = doc.get("schema")
+        if schema is None:
+            # Written before the schema field existed: the same layout, version 0.
+            if doc.get("command") != "eval":
+                raise ResultsError(f"{where}: not an lrfr eval JSON (no 'schema' and no \"command\": \"eval\")")
+        else:
+            name, _, ver = str(schema).partition("/")
+            if name != SCHEMA_NAME or not ver.isdigit():
+                raise ResultsError(f"{where}: unknown schema {schema!r} (this lrfr reads {SCHEMA_NAME}/0..{SCHEMA_VERSION})")
+            if int(ver) > SCHEMA_VERSION:
+                raise ResultsError(f"{where}: schema {schema} is newer than this lrfr reads ({SCHEMA}); upgrade lrfr")
+        for key, kind in (("dataset", str), ("model", dict), ("results", dict)):
+            if not isinstance(doc.get(key), kind):
+                raise ResultsError(f"{where}: field {key!r} is missing or not a {kind.__name__}; re-run `lrfr eval`")
+        if not isinstance(doc["model"].get("name"), str):
+            raise ResultsError(f"{where}: field 'model.name' is missing; re-run `lrfr eval`")
+        return cls(doc, path)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Atomic write (temp name, fsync, rename). Keys keep their order: sizes read 8, 12, 16."""
+        p = Path(path)
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        self.path = p
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        first = {k: self.doc[k] for k in _FIRST if k in self.doc}
+        return {**first, **{k: v for k, v in self.doc.items() if k not in first}}
+
+    # ------------------------------------------------------------------ identity / merging
+    @property
+    def dataset(self) -> str:
+        return str(self.doc["dataset"])
+
+    @property
+    def run(self) -> str:
+        """The model's name: the run folder's name, or an external checkpoint's file stem."""
+        return str(self.doc["model"]["name"])
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return self.doc["results"]
+
+    @property
+    def schema_version(self) -> int:
+        s = self.doc.get("schema")
+        return int(str(s).partition("/")[2]) if s else 0
+
+    def compat_key(self) -> str:
+        """Equal keys = results that may sit in one file: same data, protocol, images, degradation
+        recipe and model weights (sizes or distances may differ: those are what a merge adds)."""
+        d = self.doc
+        try:
+            keep: dict[str, Any] = {k: d[k] for k in ("dataset", "protocol_info", "images", "degradation")}
+            keep["degradation"] = {k: v for k, v in keep["degradation"].items() if k != "variants"}
+            keep["model"] = {k: d["model"][k] for k in ("checkpoint_sha1", "flip", "precision", "channel_order")}
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ResultsError(f"{self.path or 'eval record'}: lacks field {e} needed to compare setups") from None
+        return json.dumps(keep, sort_keys=True, default=str)
+
+    def same_setup(self, other: EvalRecord) -> bool:
+        try:
+            return self.compat_key() == other.compat_key()
+        except ResultsError:
+            return False
+
+    def merge_previous(self, old: EvalRecord) -> list[str]:
+        """Keep ``old``'s results for settings this record lacks when both were made the same way.
+
+        Returns the added result keys (empty when the setups differ). LFW keys are probe sizes and
+        stay in numeric order; other protocols' keys are sorted by name.
+        """
+        if not self.same_setup(old):
+            return []
+        added = [k for k in old.results if k not in self.results]
+        for k in added:
+            self.results[k] = old.results[k]
+        if self.dataset == "lfw":
+            self.doc["results"] = dict(sorted(self.results.items(), key=lambda kv: int(kv[0])))
+            self.doc["sizes"] = sorted({int(k) for k in self.results})
+        else:
+            self.doc["results"] = dict(sorted(self.results.items()))
+        return added
+
+    # ------------------------------------------------------------------ metrics
+    @property
+    def protocol_id(self) -> str:
+        """``lfw`` for View 2's pairs.txt, ``lfw-<pairs file stem>`` for any other pairs file;
+        the dataset name for every other protocol."""
+        if self.dataset != "lfw":
+            return self.dataset
+        pairs = (self.doc.get("protocol_info") or {}).get("pairs_file")
+        stem = Path(str(pairs)).stem if pairs else "pairs"
+        return "lfw" if stem == "pairs" else f"lfw-{stem}"
+
+    @property
+    def setting(self) -> str | None:
+        return (self.doc.get("protocol_info") or {}).get("setting")
+
+    def metrics(self) -> list[Metric]:
+        """Every number of the record under its flat name, in the file's order."""
+        fn = _METRICS.get(self.dataset, _generic_metrics)
+        return fn(self)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _add(out: list[Metric], name: str, value: Any, headline: bool = False) -> None:
+    v = _num(value)
+    if v is not None:
+        out.append(Metric(name, v, headline))
+
+
+def _tar_metrics(out: list[Metric], base: str, r: dict[str, Any], headline_far: str | None = None) -> None:
+    for far, v in (r.get("tar_at_far") or {}).items():
+        _add(out, f"{base}:tar@far={far}", v, far == headline_far)
+
+
+def _lfw_metrics(rec: EvalRecord) -> list[Metric]:
+    out: list[Metric] = []
+    setting = rec.setting or "hr-lr"
+    for size, r in rec.results.items():
+        base = f"{rec.protocol_id}/{setting}@{size}"
+        _add(out, base, r.get("accuracy"), True)
+        _add(out, f"{base}:auc", r.get("auc"))
+        _tar_metrics(out, base, r)
+    return out
+
+
+_RANK_KEYS = ("rank1", "rank5", "rank10", "rank20", "rank50", "map")
+
+
+def _identification_metrics(rec: EvalRecord, headline: tuple[str, ...]) -> list[Metric]:
+    out: list[Metric] = []
+    for key, r in rec.results.items():
+        base = rec.protocol_id if key == "native" else f"{rec.protocol_id}/{key}"
+        for k in _RANK_KEYS:
+            _add(out, f"{base}:{k}", r.get(k), k in headline)
+    return out
+
+
+def _survface_metrics(rec: EvalRecord) -> list[Metric]:
+    out: list[Metric] = []
+    for key, r in rec.results.items():
+        base = rec.protocol_id if key == "native" else f"{rec.protocol_id}/{key}"
+        _tar_metrics(out, base, r, headline_far="0.01")
+        _add(out, f"{base}:auc", r.get("auc"), True)
+    return out
+
+
+def _generic_metrics(rec: EvalRecord) -> list[Metric]:
+    """A protocol this module does not know: every numeric leaf one level down."""
+    out: list[Metric] = []
+    for key, r in rec.results.items():
+        base = rec.protocol_id if key == "native" else f"{rec.protocol_id}/{key}"
+        if isinstance(r, dict):
+            for k, v in r.items():
+                _add(out, f"{base}:{k}", v)
+    return out
+
+
+# One line per protocol; belongs to the protocol registry once protocols have one.
+_METRICS = {
+    "lfw": _lfw_metrics,
+    "scface": lambda rec: _identification_metrics(rec, ("rank1",)),
+    "tinyface": lambda rec: _identification_metrics(rec, ("rank1", "map")),
+    "survface": _survface_metrics,
+}
+
+METRIC_HELP = (
+    "Metric names: lfw/SETTING@SIZE (accuracy; lfw-PAIRS/... for another pairs file, e.g. "
+    "lfw-pairsDevTest/hr-lr@16), lfw/SETTING@SIZE:auc, lfw/SETTING@SIZE:tar@far=0.001, "
+    "scface/dN:rank1 (rank5, rank10, rank20), survface:tar@far=0.01 (0.3, 0.1, 0.001), survface:auc, "
+    "tinyface:rank1 (rank5 ... rank50), tinyface:map. Values are fractions in [0, 1]."
+)
+
+
+# --------------------------------------------------------------------------- ROC for plots
+def compact_roc(fpr: Sequence[float], tpr: Sequence[float], max_points: int = ROC_MAX_POINTS,
+                keep_fars: Iterable[float] = (0.3, 0.1, 0.01, 0.001, 1e-4)) -> dict[str, list[float]]:
+    """A subset of a full ROC (``fpr``/``tpr`` non-decreasing, as ``metrics.roc_curve`` returns)
+    with at most ``max_points`` points, every one an actual operating point of the full curve.
+
+    Half the budget goes to FAR values log-spaced from the smallest non-zero FPR to 1 (the
+    SurvFace-style log axis), half to evenly spaced TAR values (the linear plot's knee); at each
+    FAR target the kept point is the best TAR at FPR <= target, so TAR@FAR read off the compact
+    curve at ``keep_fars`` equals the full curve's (to the 6 significant digits stored).
+    """
+    import numpy as np
+
+    f = np.asarray(fpr, dtype=np.float64)
+    t = np.asarray(tpr, dtype=np.float64)
+    if f.shape != t.shape or f.ndim != 1 or f.size == 0:
+        raise ValueError("fpr and tpr must be 1-d arrays of the same, non-zero length")
+    if max_points < 4:
+        raise ValueError("max_points must be at least 4")
+    if f.size <= max_points:
+        idx = np.arange(f.size)
+    else:
+        fars = list(keep_fars)
+        n_far = (max_points - 2 - len(fars)) // 2
+        n_tar = max_points - 2 - len(fars) - n_far
+        lo = f[f > 0].min() if (f > 0).any() else 1.0
+        targets = np.r_[np.geomspace(lo, 1.0, n_far), fars]
+        # last index with fpr <= target: both rates are non-decreasing, so it has the best TAR
+        i_far = np.searchsorted(f, targets + 1e-12, side="right") - 1
+        i_tar = np.searchsorted(t, np.linspace(0.0, 1.0, n_tar), side="left")
+        idx = np.unique(np.clip(np.r_[0, f.size - 1, i_far, i_tar], 0, f.size - 1))  # <= max_points by construction
+    return {"fpr": [float(f"{v:.6g}") for v in f[idx]], "tpr": [float(f"{v:.6g}") for v in t[idx]]}
+
+
+__all__ = ["METRIC_HELP", "SCHEMA", "SCHEMA_VERSION", "EvalRecord", "Metric", "ResultsError", "compact_roc"]
