@@ -114,7 +114,7 @@ def test_output_json_and_numbers_recomputed_from_cache(cli, ws, data_dir, lfw_sm
     def table(name: str) -> dict[str, np.ndarray]:
         z = np.load(cache / f"{name}.npz")
         return {k: v / np.linalg.norm(v) for k, v in zip(z["keys"], z["emb"])}
-    hr, lr = table("hr"), table("12px_area")
+    hr, lr = table("hr"), table("12px_area-exact")
     scores, labels = [], []
     for ln in lfw_small.read_text().splitlines()[1:]:
         t = ln.split()

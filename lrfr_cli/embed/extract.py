@@ -75,7 +75,9 @@ class Variant:
         s = self.spec
         if s is None:
             return "hr"
-        parts = [f"{s.size}px", s.method]
+        # "area" was a plain box only for integer ratios before it became the exact overlap box;
+        # a new file name keeps caches made with the old filter from being reused silently.
+        parts = [f"{s.size}px", "area-exact" if s.method == "area" else s.method]
         if s.blur:
             parts.append(f"blur{s.blur:g}")
         if s.noise:
