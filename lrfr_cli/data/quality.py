@@ -7,8 +7,9 @@ detail survives and collapses when an image was blurred or down-sampled and up-s
 Exactly what is computed (so a number can be checked against OpenCV):
 
 1. grey = ITU-R BT.601 luma of the RGB channels, as ``cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)``:
-   for ``uint8`` input OpenCV's own fixed-point formula ``(4899·R + 9617·G + 1868·B + 2^13) >> 14``
-   (so grey is an integer as OpenCV's is); for floating input (values in [0, 1]) the real-valued
+   for ``uint8`` input OpenCV's own 15-bit fixed-point formula
+   ``(9798·R + 19235·G + 3735·B + 2^14) >> 15`` (so grey is an integer as OpenCV's is; checked
+   equal to OpenCV on all 2^24 colours); for floating input (values in [0, 1]) the real-valued
    ``0.299·R + 0.587·G + 0.114·B`` on 0..255 units, without rounding;
 2. the Laplacian above with reflect-101 borders (``F.pad(mode="reflect")``), i.e.
    ``cv2.Laplacian(grey, cv2.CV_64F)`` with its defaults (``ksize=1``, ``BORDER_REFLECT_101``);
@@ -47,9 +48,9 @@ def grey(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3:
         raise LrfrError(f"quality needs an N x 3 x H x W RGB batch, got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
-        # OpenCV's 14-bit fixed-point coefficients; int32 holds 255·16384 comfortably.
+        # OpenCV's 15-bit fixed-point coefficients (they sum to 2^15); int32 holds 255·2^15 easily.
         x = images.to(torch.int32)
-        g = (4899 * x[:, 0] + 9617 * x[:, 1] + 1868 * x[:, 2] + (1 << 13)) >> 14
+        g = (9798 * x[:, 0] + 19235 * x[:, 1] + 3735 * x[:, 2] + (1 << 14)) >> 15
         return g.unsqueeze(1).to(torch.float32)
     if not images.is_floating_point():
         raise LrfrError(f"quality needs uint8 or floating-point images, got {images.dtype}")

@@ -1,16 +1,17 @@
 """AdaFace (Kim, Jain, Liu, CVPR 2022): a margin that adapts to the feature norm.
 
 The feature norm ``‖z‖`` of an un-normalised embedding tracks image quality (blurry or tiny faces
-get small norms), so AdaFace makes the margin angular (ArcFace-like, emphasises hard samples) for
-high-norm samples and additive (CosFace-like, de-emphasises them) for low-norm ones:
+get small norms), so AdaFace moves the margin with the batch-normalised norm ẑ:
 
     ẑ      = clip(h · (‖z‖ − μ) / (σ + ε), −1, 1)        ‖z‖ detached and clipped to [0.001, 100]
     g_ang  = −m · ẑ
     g_add  =  m + m · ẑ
     target = s · [cos(clip(θ_y + g_ang, ε, π − ε)) − g_add]      non-target logits: s · cos θ_j
 
-with m = 0.4, h = 0.333, s = 64, ε = 1e-3. So ẑ = +1 (a high norm) gives ``cos(θ − m) − 2m``
-and ẑ = −1 gives plain ``cos θ``; ẑ = 0 is CosFace with margin m.
+with m = 0.4, h = 0.333, s = 64, ε = 1e-3. The endpoints: ẑ = −1 (a low norm) is ArcFace
+``cos(θ + m)``, ẑ = 0 is CosFace ``cos θ − m``, ẑ = +1 (a high norm) is ``cos(θ − m) − 2m``.
+The paper's reading: for low-quality samples the angular margin de-emphasises hard (likely
+unrecognisable) examples, for high-quality ones it emphasises them.
 
 μ and σ are an exponential moving average of the batch's mean and (unbiased, ``torch.std``)
 standard deviation of the detached, clipped norms: ``μ ← α·mean + (1 − α)·μ`` with
@@ -65,7 +66,7 @@ class AdaFaceHead(MarginHead):
     name = "adaface"
     summary = "AdaFace: margin adapted by the batch-normalised feature norm (m=0.4, h=0.333, EMA of norm stats)"
     options: ClassVar[dict[str, tuple[type, Any, str]]] = {
-        "m": (float, 0.4, "AdaFace margin m (angular for high-norm samples, additive for low-norm ones)"),
+        "m": (float, 0.4, "AdaFace margin m (ArcFace-like for low feature norms, cos(θ−m)−2m for high ones)"),
         "h": (float, 0.333, "AdaFace h: how far the normalised feature norm moves the margin (ẑ = clip(h·(‖z‖−μ)/σ, −1, 1))"),
         "t_alpha": (float, 0.01, "AdaFace EMA weight of each batch's norm mean/std (1 = batch statistics only)"),
     }
