@@ -103,6 +103,12 @@ def test_same_seed_same_batch_and_generator_equals_its_seed():
     c = cross_resolution_batch(x, y, [4, 8, 12], "split", 0.6, generator=43)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
+    # draws depend on the seed only (so a CUDA generator with that seed gives the same batch), not
+    # on how far the generator was advanced before
+    used = torch.Generator().manual_seed(42)
+    torch.rand(100, generator=used)
+    d = cross_resolution_batch(x, y, [4, 8, 12], "split", 0.6, generator=used)
+    assert torch.equal(d.is_lr, a.is_lr) and torch.equal(d.lr_size, a.lr_size) and torch.equal(d.images, a.images)
     assert not (torch.equal(a.is_lr, c.is_lr) and torch.equal(a.lr_size, c.lr_size))
 
 

@@ -102,7 +102,8 @@ def cross_resolution_batch(
     sizes: Sequence[int] = DEFAULT_LR_SIZES,
     mode: str = "copies",
     lr_prob: float = 0.5,
-    generator: torch.Generator | int = 0,
+    *,
+    generator: torch.Generator | int,
     method: str = "bicubic",
 ) -> CRBBatch:
     """Mix HR images (``B×C×H×W`` uint8 or [0, 1] float, any device) with LR versions (module doc).

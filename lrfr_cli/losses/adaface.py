@@ -71,6 +71,7 @@ class AdaFaceHead(MarginHead):
         "t_alpha": (float, 0.01, "AdaFace EMA weight of each batch's norm mean/std (1 = batch statistics only)"),
     }
     needs: ClassVar[tuple[str, ...]] = ()
+    crb = "off"  # cross-resolution batches only when asked (--crb)
     eps = 1e-3
 
     def __init__(
