@@ -2,8 +2,9 @@
 
 Part 1 — training images/s on synthetic 112×112 data, same model/head/batch in one run:
   * baseline: the textbook loop (float tensors already in memory, fp32, SGD, zero_grad/backward/step);
-  * lrfr: `engine.loop.fit` (uint8 batches through the DataLoader + sampler, on-device preprocess,
-    per-step loss all-reduce and NaN check, LR schedule, metrics) in fp32, and on CUDA additionally
+  * lrfr: `engine.loop.fit` with a `ClassifierTask` (uint8 batches through the DataLoader + sampler,
+    handed raw to the task, which preprocesses on the device; one all-reduce + NaN check per step
+    for the loss and its named terms, per-group LR schedule, metrics) in fp32, and on CUDA additionally
     bf16 + channels_last (+ --compile). Reported: img/s, ratio to the baseline, and on CUDA the MFU
     (model FLOPs from torch.utils.flop_counter / --peak-tflops).
 Part 2 — data loading images/s over celeba_subset: decoding the JPEG folder vs the packed uint8
