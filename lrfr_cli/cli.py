@@ -50,6 +50,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation)."),
     CommandSpec("eval", "eval", "Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json."),
     CommandSpec("report", "report", "Tables and plots from the workspace's evaluations; --fail-under gates CI."),
+    CommandSpec("export", "export", "Export a model to ONNX (dynamic batch, preprocessing in its metadata), checked against PyTorch."),
     CommandSpec("status", "status", "List the workspace's artifacts: command, status, size and age."),
 )
 

@@ -1,0 +1,76 @@
+"""``lrfr export``: a model as a verified ONNX embedding graph → ``exports/NAME/model.onnx``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from ..errors import LrfrError
+from ._common import handle_errors, state, workspace
+
+FORMATS = ("onnx",)
+
+
+@handle_errors
+def export_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Output format: onnx (float32 N×3×112×112 input, dynamic batch, preprocessing in metadata_props)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the model here instead of exports/NAME/model.onnx (no manifest)."),
+    backbone: str | None = typer.Option(None, "--backbone", help="Network of an external checkpoint (default: the registered one whose parameters fit)."),
+    checkpoint: str = typer.Option("auto", "--checkpoint", help="Which checkpoint of a run: auto (best.pt if present, else last.pt), best or last."),
+    channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, else rgb), rgb or bgr; recorded in the metadata."),
+    check_images: Path | None = typer.Option(None, "--check-images", help="Aligned faces to verify onnxruntime against PyTorch on (default $LRFR_DATA/celeba_subset/images)."),
+    check_count: int = typer.Option(16, "--check-count", min=2, help="How many faces the check uses (spread over the folder)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Verify onnxruntime's L2-normalised embeddings equal PyTorch's within 1e-4 before writing (--no-check: write unverified, said so in the metadata)."),
+    opset: int = typer.Option(17, "--opset", min=11, max=21, help="ONNX opset version."),
+    force: bool = typer.Option(False, "--force", help="Export again even if exports/NAME holds this checkpoint's export."),
+) -> None:
+    """Export a model to ONNX (dynamic batch, preprocessing in its metadata), checked against PyTorch.
+
+    Examples: lrfr export -m runs/RUN · lrfr export -m ms1mv3_arcface_r50.pth -o r50.onnx ·
+    lrfr export -m adaface_ir101_webface12m.ckpt (channel order bgr, recorded in the metadata)
+    """
+    st = state()
+    if fmt.strip().lower() not in FORMATS:
+        raise LrfrError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    ws = workspace()
+    # Heavy imports after option checks: a typo should not wait for torch.
+    from ..embed import resolve_model
+    from ..export import TOLERANCE, export, load_faces
+    from ..workspace import atomic_write_bytes
+
+    loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order)
+    faces = None
+    if check:
+        folder = check_images or Path(os.environ.get("LRFR_DATA", "data")).expanduser() / "celeba_subset" / "images"
+        faces = load_faces(folder.expanduser(), check_count, loaded.input_size)
+
+    summary = {"model": loaded.describe(), "format": "onnx", "opset": opset}
+    if out is not None:
+        onnx_bytes, parity = export(loaded, faces, opset)
+        atomic_write_bytes(out, onnx_bytes)
+        path, skipped = out, False
+    else:
+        ws.ensure_writable()
+        art = ws.artifact("exports", loaded.name)
+        options = {"format": "onnx", "opset": opset, "channel_order": loaded.channel_order, "backbone": loaded.backbone, "check": check}
+        with art.run("export", options, {"checkpoint_sha1": loaded.sha1}, force=force) as run:
+            path, skipped, parity = art.path / "model.onnx", run.skipped, None
+            if not run.skipped:
+                onnx_bytes, parity = export(loaded, faces, opset)
+                atomic_write_bytes(path, onnx_bytes)
+                run.record(bytes=len(onnx_bytes), parity=parity.as_dict() if parity else None, model=loaded.describe())
+    summary.update(path=str(path), skipped=skipped, parity=parity.as_dict() if parity else None)
+    if skipped:
+        line = f"[green]up to date[/green] {path} (same checkpoint and options; --force to redo)"
+    else:
+        checked = (f"onnxruntime = PyTorch within {parity.max_abs:.1e} (<= {TOLERANCE:g}) on {parity.faces} faces"
+                   if parity else "[yellow]not checked[/yellow]")
+        line = f"[green]exported[/green] {loaded.name} ({loaded.backbone}, {loaded.channel_order}) → {path}, {path.stat().st_size / 2**20:.1f} MiB; {checked}"
+    st.summary(line, summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)
