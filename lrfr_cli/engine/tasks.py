@@ -160,7 +160,7 @@ class CrossResolutionBatches:
 
     def __call__(self, batch: Batch, ctx: StepContext) -> Batch:
         seed = step_seed(ctx.seed, ctx.step, ctx.rank)
-        out = cross_resolution_batch(batch["images"], batch["labels"], self.sizes, self.mode, self.lr_prob, seed, self.method)
+        out = cross_resolution_batch(batch["images"], batch["labels"], self.sizes, self.mode, self.lr_prob, generator=seed, method=self.method)
         rest = {k: v for k, v in batch.items() if k not in ("images", "labels")}
         if rest and self.mode == "copies":  # per-sample extras follow their rows into the LR half
             rest = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == batch["labels"].shape[:1] else v for k, v in rest.items()}
