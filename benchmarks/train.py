@@ -33,11 +33,16 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from lrfr_cli.data.cache import CachedDataset, build_cache
-from lrfr_cli.data.datasets import EpochBatchSampler, FaceDataset, ImageFileDataset, resolve_training_data
+from lrfr_cli.data.datasets import (
+    EpochBatchSampler,
+    FaceDataset,
+    ImageFileDataset,
+    resolve_training_data,
+)
 from lrfr_cli.engine import dist_info, resolve_device
 from lrfr_cli.engine.loop import ClassifierTask, LoopConfig, fit
 from lrfr_cli.losses import build_head
-from lrfr_cli.models import build_backbone, preprocess
+from lrfr_cli.models import build_backbone
 
 CLASSES = 1000
 

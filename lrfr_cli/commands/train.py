@@ -21,7 +21,14 @@ from ..engine.optim import OPTIMIZERS, SCHEDULES
 from ..engine.runner import TrainingRun, pair_validation, run_training
 from ..engine.tasks import ClassifierTask, CrossResolutionBatches, Task
 from ..errors import LrfrError
-from ..losses import build_head, describe_losses, head_factory, head_options, heads, parse_loss_opts
+from ..losses import (
+    build_head,
+    describe_losses,
+    head_factory,
+    head_options,
+    heads,
+    parse_loss_opts,
+)
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
 from ..workspace import fingerprint_file
 from ._common import handle_errors, state, workspace

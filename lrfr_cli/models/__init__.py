@@ -6,7 +6,7 @@ Every backbone maps a 112×112 RGB batch, preprocessed by :func:`preprocess`, to
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
