@@ -8,8 +8,9 @@ detection is skipped (``--assume-cropped``). Batches of photos share one MTCNN p
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -17,7 +18,13 @@ import numpy as np
 from .decode import Decoded, detection_image
 from .mtcnn import Detections, MtcnnDetector
 from .options import AlignConfig, output_rel
-from .warp import fit_error, template_for, template_with_margin, warp_face, warp_with_matrix
+from .warp import (
+    fit_error,
+    template_for,
+    template_with_margin,
+    warp_face,
+    warp_with_matrix,
+)
 
 # Median MTCNN box (x1, y1, x2, y2) of a face aligned to the 112x112 ArcFace template, measured
 # on 200 faces of the shared celeba_subset (MTCNN run on the aligned crops). --assume-cropped maps

@@ -13,8 +13,8 @@ batch answers with four look-ups per output cell, for every box in one vectorise
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -50,15 +50,15 @@ class Detections:
         return len(self.probs)
 
     @staticmethod
-    def empty() -> "Detections":
+    def empty() -> Detections:
         return Detections(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
 
-    def scaled(self, sx: float, sy: float) -> "Detections":
+    def scaled(self, sx: float, sy: float) -> Detections:
         """Coordinates multiplied by (sx, sy): maps a resized image's detections to the original."""
         f4 = np.array([sx, sy, sx, sy])
         return Detections(self.boxes * f4, self.probs.copy(), self.landmarks * np.array([sx, sy]))
 
-    def subset(self, keep: np.ndarray) -> "Detections":
+    def subset(self, keep: np.ndarray) -> Detections:
         return Detections(self.boxes[keep], self.probs[keep], self.landmarks[keep])
 
 
@@ -322,7 +322,7 @@ def resize_from_integral(sat: torch.Tensor, out_h: int, out_w: int) -> torch.Ten
     Returns (N, C, out_h, out_w) float32 in channels-last memory. Separable: two row look-ups
     give each output row's band sums, two column look-ups finish the rectangles.
     """
-    n, H1, W1, c = sat.shape
+    _, H1, W1, _ = sat.shape
     dev = sat.device
     zero = torch.zeros(1, dtype=torch.long, device=dev)
     r0, r1 = (v[0] for v in _cell_bounds(zero, torch.full((1,), H1 - 1, device=dev), out_h))
@@ -363,7 +363,7 @@ def crop_from_integral(
     answers every output cell of every box with four look-ups, whatever the box sizes. Pixel
     sums are exact integers; only the final division rounds.
     """
-    n, H1, W1, c = sat.shape
+    _, H1, W1, c = sat.shape
     out = torch.empty(len(inds), size, size, c, device=sat.device, dtype=torch.float32)
     if len(inds) == 0:
         return out.permute(0, 3, 1, 2)

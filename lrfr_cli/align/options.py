@@ -6,9 +6,10 @@ torch, and so the journal can compare the options of a resumed run with the ones
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import LrfrError
 from .warp import template_for, template_with_margin
@@ -36,7 +37,7 @@ class AlignConfig:
     fmt: str = "jpg"
     quality: int = 92
 
-    def validate(self) -> "AlignConfig":
+    def validate(self) -> AlignConfig:
         template_with_margin(self.size, self.margin)  # raises for a bad size or margin
         if self.select not in SELECTS:
             raise LrfrError(f"--select {self.select!r}: choose one of {', '.join(SELECTS)}")

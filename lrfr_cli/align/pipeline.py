@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +44,7 @@ from .options import AlignConfig, check_name_clashes
 from .pool import batches, decoded_stream
 from .warp import template_for
 
-__all__ = ["AlignResult", "JOURNAL", "align_tree", "default_workers", "is_prealigned", "read_landmarks"]
+__all__ = ["JOURNAL", "AlignResult", "align_tree", "default_workers", "is_prealigned", "read_landmarks"]
 
 
 @dataclass
@@ -76,9 +78,38 @@ def is_prealigned(paths: Sequence[Path], out_wh: tuple[int, int]) -> bool:
     return all(image_size(p) == out_wh for p in paths)
 
 
-def default_workers() -> int:
-    """Decode processes when the caller does not say: see ``benchmarks/align.py`` for the figures."""
-    return 0
+# Photos above this many pixels (median of a sample) are decoded in worker processes by default.
+# A 250x250 LFW JPEG decodes in ~1 ms, 1/20 of its detection, and shipping it between processes
+# costs about as much: on 240 LFW photos --workers 0 ran 2.4x the facenet loop, --workers 1 and 2
+# 1.8x and 1.7x (benchmarks/align.py, 1 torch thread, load 4-5 on 2 cores). A 2-megapixel JPEG
+# takes ~30 ms to decode, as long as detecting faces in its 800 px copy: worth a second process.
+LARGE_PHOTO_PIXELS = 1_000_000
+
+
+def default_workers(paths: Sequence[Path], cores: int | None = None, sample: int = 32) -> int:
+    """Decode processes for these photos: 0 for small photos, one per spare core for large ones."""
+    sizes = [wh for wh in (image_size(p) for p in paths[:sample]) if wh is not None]
+    if not sizes:
+        return 0
+    if float(np.median([w * h for w, h in sizes])) <= LARGE_PHOTO_PIXELS:
+        return 0
+    return max(1, (cores or os.cpu_count() or 1) - 1)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` (0: untouched) for a block, then restored."""
+    if n <= 0:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def align_tree(
@@ -91,6 +122,7 @@ def align_tree(
     device: str = "cpu",
     batch_size: int = 16,
     workers: int = 0,
+    threads: int = 0,
     progress: ProgressFn = null_progress,
     exts: Sequence[str] = IMAGE_EXTS,
     passthrough: bool = True,
@@ -102,7 +134,9 @@ def align_tree(
     :func:`lrfr_cli.data.images.list_images`, the one tree walker). ``options`` are further
     :class:`AlignConfig` fields (min_face, thresholds, min_prob, max_side, margin, fallback,
     assume_cropped, fmt, quality). ``device`` is a torch device string (``cpu``, ``cuda:0``).
-    ``workers`` decode processes (0 = decode in this process). Photos already recorded in
+    ``workers`` decode processes (0 = decode in this process; -1 = :func:`default_workers`);
+    ``threads`` torch threads for the detector during the call (0 = leave torch's setting; on
+    cores shared with other jobs 1 is often fastest). Photos already recorded in
     ``out_root``'s journal with their files present are skipped (resume); a journal made with
     other options is refused. With ``passthrough`` and every input already the output size, files
     are copied unchanged (``result.passthrough``). Never raises for a bad photo: it lands in
@@ -117,6 +151,8 @@ def align_tree(
     check_name_clashes(rels, cfg)
     if batch_size < 1:
         raise LrfrError(f"--batch-size {batch_size}: expected >= 1")
+    if threads < 0:
+        raise LrfrError(f"--threads {threads}: expected >= 0 (0 = torch's default)")
     journal = Journal(out_root, cfg.to_dict(), quality=cfg.quality)
     result = AlignResult(images=len(rels))
     todo = [r for r in rels if not journal.done(r)]
@@ -144,6 +180,8 @@ def align_tree(
                 tick("write", t)
                 progress(1)
         elif todo:
+            if workers < 0:
+                workers = default_workers([src_root / r for r in todo])
             aligner = Aligner(cfg, device)
             n_fail = 0
 
@@ -154,23 +192,25 @@ def align_tree(
                 progress(1)
 
             stream = decoded_stream(src_root, todo, cfg.max_side, workers, lookahead=max(4, 2 * batch_size))
-            it = batches(stream, batch_size, on_error=on_error)
-            t = time.perf_counter()
-            for batch in it:
-                t = tick("decode", t)
-                results: list[ImageResult] = aligner.align_decoded(batch)
+            with _torch_threads(threads):
                 t = time.perf_counter()
-                for res in results:
-                    journal.commit(res.source, res.reason, [(rec, face) for face, rec in res.faces])
-                    n_fail += res.reason is not None
-                journal.flush()
-                t = tick("write", t)
-                progress(len(batch), faces=journal.written, failed=n_fail)
+                for batch in batches(stream, batch_size, on_error=on_error):
+                    t = tick("decode", t)
+                    results: list[ImageResult] = aligner.align_decoded(batch)
+                    t = time.perf_counter()
+                    for res in results:
+                        journal.commit(res.source, res.reason, [(rec, face) for face, rec in res.faces])
+                        n_fail += res.reason is not None
+                    journal.flush()
+                    t = tick("write", t)
+                    progress(len(batch), faces=journal.written, failed=n_fail)
             for k, v in aligner.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
+        t = time.perf_counter()  # leaving the block flushes the journal and syncs the faces
+    tick("write", t)
 
     t = time.perf_counter()
-    n_faces, failures = journal.write_reports()
+    _, failures = journal.write_reports()
     tick("reports", t)
     result.written = journal.written
     wanted = set(rels)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import multiprocessing
 import sys
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 from .decode import Decoded, decode, init_worker
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from ..align.options import AlignConfig, check_name_clashes, parse_size, parse_thresholds
+from ..align.options import (
+    AlignConfig,
+    check_name_clashes,
+    parse_size,
+    parse_thresholds,
+)
 from ..align.pipeline import align_tree
 from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
@@ -21,7 +24,7 @@ from ._common import handle_errors, resolve_input, state, workspace
 @handle_errors
 def align(
     src: Path = typer.Argument(..., help="Folder of photos, usually identity folders SRC/<identity>/<photo>; the tree is mirrored."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output name: faces go to <workspace>/aligned/NAME/ (default: SRC's folder name)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output name: faces go to <workspace>/aligned/NAME/ (default: SRC's folder name)."),
     size: str = typer.Option("112", "--size", help="Output size: 112 (ArcFace template), 96x112 (SphereFace/CosFace crop) or a square size such as 128 (template scaled)."),
     select: str = typer.Option("largest", "--select", help="Photos with several faces: largest (biggest box), center (box nearest the photo centre) or all (writes NAME_0.jpg, NAME_1.jpg, ... largest first)."),
     min_face: int = typer.Option(30, "--min-face", help="MTCNN's smallest face searched for, in pixels of the detection image (see --max-side). Faces below ~20 px cannot be detected: use --assume-cropped."),
@@ -35,8 +38,9 @@ def align(
     quality: int = typer.Option(92, "--quality", help="JPEG quality of the written faces."),
     device: str = typer.Option("auto", "--device", help="Where MTCNN runs: auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Same-size photos detected together in one MTCNN pass."),
-    workers: int = typer.Option(-1, "--workers", "-j", help="Decode processes; -1 = one per core beyond the first (at least 1), 0 = decode in the main process."),
-    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    workers: int = typer.Option(-1, "--workers", "-j", help="Decode processes; 0 = decode in the main process; -1 = auto: 0 for small photos (LFW-sized, decoding is cheaper than shipping them between processes), one per core beyond the first for photos over 1 megapixel."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for MTCNN (0 = torch's default, all cores). On cores shared with other jobs, 1 can be several times faster: busy cores stall multi-threaded kernels."),
+    ext: str | None = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
     force: bool = typer.Option(False, "--force", help="Redo an artifact that is complete, or was made with other options."),
 ) -> None:
     """Detect faces (MTCNN, batched) and warp each onto the ArcFace template, resumably.
@@ -66,8 +70,6 @@ def align(
     images = list_images(src, parse_exts(ext))
     if not images:
         raise LrfrError(f"{src}: no images found (looked for {', '.join(parse_exts(ext))} recursively); point SRC at a folder of photos")
-    if workers < 0:
-        workers = max(1, (os.cpu_count() or 1) - 1)
     ws.ensure_writable()
     rels = [p.relative_to(src).as_posix() for p in images]
     check_name_clashes(rels, cfg)
@@ -91,6 +93,7 @@ def align(
                 device=str(dev),
                 batch_size=batch_size,
                 workers=workers,
+                threads=threads,
                 progress=progress,
                 **{k: v for k, v in cfg.__dict__.items()},
             )
