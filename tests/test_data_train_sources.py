@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lrfr_cli.data.cache import CachedDataset, build_cache
-from lrfr_cli.data.datasets import EpochBatchSampler, ImageFileDataset, read_pairs, resolve_training_data
+from lrfr_cli.data.datasets import EpochBatchSampler, ImageFileDataset, resolve_training_data
 from lrfr_cli.data.recordio import MAGIC, RecordIODataset, RecordIOReader, write_recordio
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.protocols.lfw import validation_pairs
@@ -132,22 +132,22 @@ def test_read_pairs_lfw_and_generic_formats(tmp_path):
         for i in range(1, n + 1):
             Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / name / f"{name}_{i:04d}.jpg")
     (tmp_path / "pairs.txt").write_text("1\nA_B\t1\t2\nA_B\t1\tC_D\t1\n")
-    pairs = read_pairs(tmp_path / "pairs.txt")
+    pairs = validation_pairs(tmp_path / "pairs.txt")
     assert pairs == [(root / "A_B/A_B_0001.jpg", root / "A_B/A_B_0002.jpg", True), (root / "A_B/A_B_0001.jpg", root / "C_D/C_D_0001.jpg", False)]
     assert pairs == validation_pairs(tmp_path / "pairs.txt")  # the shim adds nothing
     # The dataset folder (holding lfw-deepfunneled/) works as the root too.
-    assert read_pairs(tmp_path / "pairs.txt", tmp_path) == pairs
+    assert validation_pairs(tmp_path / "pairs.txt", tmp_path) == pairs
     (tmp_path / "generic.txt").write_text("A_B/A_B_0001.jpg C_D/C_D_0001.jpg 0\n")
-    assert read_pairs(tmp_path / "generic.txt", root) == [(root / "A_B/A_B_0001.jpg", root / "C_D/C_D_0001.jpg", False)]
+    assert validation_pairs(tmp_path / "generic.txt", root) == [(root / "A_B/A_B_0001.jpg", root / "C_D/C_D_0001.jpg", False)]
     # An aligned copy written as PNG is found under its LFW name.
     (root / "C_D" / "C_D_0001.jpg").rename(root / "C_D" / "C_D_0001.png")
-    assert read_pairs(tmp_path / "pairs.txt")[1][1] == root / "C_D/C_D_0001.png"
+    assert validation_pairs(tmp_path / "pairs.txt")[1][1] == root / "C_D/C_D_0001.png"
     # The protocol's checks come along: a header that does not match, a missing image (with its line).
     (tmp_path / "short.txt").write_text("2\nA_B\t1\t2\nA_B\t1\tC_D\t1\n")
     with pytest.raises(LrfrError, match="header promises 1 fold"):
-        read_pairs(tmp_path / "short.txt")
+        validation_pairs(tmp_path / "short.txt")
     (tmp_path / "bad.txt").write_text("A_B\t1\t2\nA_B\t1\t9\n")
     with pytest.raises(LrfrError, match=r"bad\.txt:2: image .*A_B_0009\.jpg not found"):
-        read_pairs(tmp_path / "bad.txt")
+        validation_pairs(tmp_path / "bad.txt")
     with pytest.raises(LrfrError, match="does not exist"):
-        read_pairs(tmp_path / "nope.txt")
+        validation_pairs(tmp_path / "nope.txt")

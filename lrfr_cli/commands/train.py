@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from ..data.crb import CRB_MODE_HELP, DEFAULT_LR_SIZES, check_crb_options, resolve_crb
-from ..data.datasets import TrainingSet, read_pairs, resolve_training_data
+from ..data.datasets import TrainingSet, resolve_training_data
 from ..data.degrade import parse_sizes
 from ..data.samplers import SAMPLERS
 from ..engine import resolve_device, resolve_precision
@@ -30,6 +30,7 @@ from ..losses import (
     parse_loss_opts,
 )
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
+from ..protocols.lfw import validation_pairs
 from ..workspace import fingerprint_file
 from ._common import handle_errors, state, workspace
 
@@ -118,7 +119,7 @@ def train(
     name = run_name or f"{loss}-{backbone}"
 
     ts = resolve_training_data(data, data_root, ws.root, allow_outside_root=allow_outside_root)
-    pairs = read_pairs(val_pairs, val_root) if val_pairs else None
+    pairs = validation_pairs(val_pairs, val_root) if val_pairs else None
     build_head(loss, embedding_size, ts.num_classes, **head_kw)  # fail on bad options before claiming the run
     cfg = LoopConfig(
         global_batch=batch_size,

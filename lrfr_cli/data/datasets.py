@@ -35,7 +35,6 @@ __all__ = [
     "is_recordio",
     "load_face",
     "open_dataset",
-    "read_pairs",
     "resolve_training_data",
     "to_input_size",
 ]
@@ -209,14 +208,3 @@ class EpochBatchSampler:
         for k in range(self.start, self.n // self.global_batch):
             g = codes[k * self.global_batch : (k + 1) * self.global_batch]
             yield g[self.rank * per : (self.rank + 1) * per].tolist()
-
-
-# --------------------------------------------------------------------------- verification pairs
-def read_pairs(pairs_file: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> list[tuple[Path, Path, bool]]:
-    """``--val-pairs`` for train: a thin shim over :func:`lrfr_cli.protocols.lfw.validation_pairs`,
-    the one pairs-file parser. Kept only until ``commands/train.py`` imports that directly; the
-    import is deferred because ``protocols`` sits above ``data`` (it imports the embedding layer).
-    """
-    from ..protocols.lfw import validation_pairs
-
-    return validation_pairs(pairs_file, root)

@@ -11,13 +11,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..constants import INPUT_SIZE
 from ..errors import LrfrError
 from .iresnet import IResNet, iresnet
 from .mobilefacenet import MobileFaceNet
 from .sphere import Sphere20
 from .tiny import TinyNet
-
-INPUT_SIZE = 112
 
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
     "ir18": lambda e: iresnet("ir18", e),
