@@ -1,0 +1,512 @@
+"""A sharded margin classifier: model-parallel softmax for millions of identities (Partial FC style).
+
+With plain DDP every rank holds the whole ``C×d`` class-weight matrix and all-reduces its gradient
+every step: 2 M identities × 512-d is 4 GB of fp32 weights per rank and a 4 GB all-reduce per
+step. Here rank ``r`` of ``W`` holds only a contiguous class range ``[lo_r, hi_r)`` (sizes differ
+by at most one), and a step communicates embeddings, not weights:
+
+1. **Where the sample lives** (its own rank), the wrapped head computes the sample's margin
+   *terms* with its own code: the plain margin ``m`` (``head.margins``), Approach1/2's
+   per-sample margin (``head.sample_margins`` from ``is_lr``/``images``), AdaFace's ``m`` and
+   ẑ (``head.norm_scaler``, whose EMA update all-reduces the norm statistics over ranks, so it
+   happens once per global batch and leaves μ, σ identical on every rank). Raw images never travel.
+2. Embeddings (with an autograd-aware all-gather), labels and those terms are all-gathered.
+3. **Where the class lives**, each rank computes ``s·cos θ`` of every gathered embedding against
+   its classes and replaces the target column of the samples whose class it owns by the head's
+   own target function (``target_logit``/``adaptive_target``) of ``cos θ_y`` and the terms.
+4. Cross-entropy over the whole class set from an all-reduced row max and an all-reduced sum of
+   ``exp``; its backward is local (``softmax − one-hot``)/N, so the shard's weight gradient is
+   exactly the unsharded head's rows, and no weight gradient is ever all-reduced (the weight must
+   be kept out of DDP: :func:`mark_ddp_ignored`).
+
+The all-gather's backward sums the embedding gradients from every shard (reduce-scatter) and
+multiplies them by ``W``: DDP *averages* the backbone's gradient over ranks, and ``W × mean`` of
+per-rank contributions is their sum, i.e. exactly the gradient of the one global loss (as
+arcface_torch's Partial FC does). The loss every rank returns is that global loss (the mean over
+all ``N = Σ B_r`` samples), so the loop's all-reduced mean of it is the same number.
+
+**Negative class sampling** (``sample_rate < 1``, training mode only): each rank keeps
+``max(1, int(rate·C_r))`` of its classes, always including every class that is a target in the
+global batch, drawn from the step's generator (per-rank local sampling, as Partial FC does); the
+softmax is over the sampled classes. ``sample_rate = 1`` is the exact full softmax.
+
+**Checkpoints** hold the *full* matrix under the unsharded head's keys (``weight``, buffers):
+``state_dict()`` is a collective (every rank must call it; rank 0 receives the gathered
+matrix, other ranks get their own shard back), and ``load_state_dict`` takes a full matrix and
+slices this rank's range, so a checkpoint written by W ranks loads on any number of ranks, into
+an unsharded head, ``eval`` and ``finetune``. Optimiser state of the shard (momentum) goes the
+same way through :func:`gather_optimizer_state` / :func:`shard_optimizer_state`.
+
+Which heads: any :class:`~lrfr_cli.losses.margin.MarginHead` whose ``forward`` is the base one
+(cosface, arcface, sphereface and heads that only override ``margins``/``target_logit``),
+AdaFace and Approach1/2 through the adapters below, and any head that defines the two-method hook
+``margin_terms(embeddings, labels, margin, **fields) -> {name: B tensor}`` /
+``target_from_terms(cos_t, **terms) -> target cosine``. Softmax (a biased linear layer, no
+normalised weights) is not a margin head and is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LrfrError
+from .margin import MarginHead
+
+Terms = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- partition
+def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous classes ``[lo, hi)``: sizes differ by at most one, larger first."""
+    base, extra = divmod(num_classes, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def _dist_on(group: Any = None) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def _rank_world(group: Any = None) -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+# ----------------------------------------------------------------------------- communication
+class CommLog:
+    """Bytes each collective of this module moves, for the benchmark (off unless ``enabled``).
+
+    ``payload`` is the tensor size one rank hands the collective: for an all-gather its own
+    part, for an all-reduce / reduce-scatter the whole buffer.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.records: list[tuple[str, int]] = []
+
+    def add(self, op: str, t: torch.Tensor) -> None:
+        if self.enabled:
+            self.records.append((op, t.numel() * t.element_size()))
+
+    def clear(self) -> None:
+        self.records = []
+
+
+COMM = CommLog()
+
+
+def _all_reduce(t: torch.Tensor, op: Any, group: Any, name: str) -> None:
+    COMM.add(name, t)
+    dist.all_reduce(t, op=op, group=group)
+
+
+def _gather_plain(x: torch.Tensor, sizes: list[int], group: Any, name: str) -> torch.Tensor:
+    """All-gather rows of unequal counts (padded to the largest): the concatenation in rank order."""
+    world = len(sizes)
+    most = max(sizes)
+    xp = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+    xp = xp.contiguous()
+    parts = [torch.empty_like(xp) for _ in range(world)]
+    COMM.add(name, xp)
+    dist.all_gather(parts, xp, group=group)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather whose backward sums the gradient over ranks (reduce-scatter) and scales it.
+
+    The scale is the world size so that DDP's averaging of the backbone gradient yields the
+    gradient of the single global loss (see the module doc).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, sizes: list[int], rank: int, group: Any, grad_scale: float) -> torch.Tensor:
+        ctx.sizes, ctx.rank, ctx.group, ctx.grad_scale = sizes, rank, group, grad_scale
+        return _gather_plain(x, sizes, group, "all_gather embeddings")
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        sizes, rank, group = ctx.sizes, ctx.rank, ctx.group
+        g = g.contiguous()
+        start = sum(sizes[:rank])
+        if dist.get_backend(group) == "nccl":  # reduce-scatter moves half an all-reduce's bytes
+            most = max(sizes)
+            padded = g.new_zeros((len(sizes) * most, *g.shape[1:]))
+            off = 0
+            for r, n in enumerate(sizes):
+                padded[r * most : r * most + n] = g[off : off + n]
+                off += n
+            out = g.new_empty((most, *g.shape[1:]))
+            COMM.add("reduce_scatter embedding grads", padded)
+            dist.reduce_scatter_tensor(out, padded, group=group)
+            mine = out[: sizes[rank]]
+        else:  # gloo has no reduce-scatter: all-reduce and keep our rows
+            _all_reduce(g, dist.ReduceOp.SUM, group, "all_reduce embedding grads")
+            mine = g[start : start + sizes[rank]]
+        return mine * ctx.grad_scale, None, None, None, None
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over all ranks' samples when each rank holds some of the classes.
+
+    ``logits`` is this rank's ``N×K`` block; ``rows``/``cols`` locate the targets it owns. The
+    max and the sum of ``exp`` are all-reduced (the shift by the row max is for range only and
+    carries no gradient); the backward needs no communication: ``(softmax − one-hot) / N``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, group: Any, distributed: bool) -> torch.Tensor:
+        n = logits.shape[0]
+        with torch.no_grad():
+            top = logits.max(dim=1).values
+            if distributed:
+                _all_reduce(top, dist.ReduceOp.MAX, group, "all_reduce row max")
+            e = torch.exp(logits - top[:, None])
+            total = e.sum(dim=1)
+            if distributed:
+                _all_reduce(total, dist.ReduceOp.SUM, group, "all_reduce sum exp")
+            prob = e.div_(total[:, None])
+            picked = logits.new_zeros(n, 2)  # (target logit − max, owner count) per sample
+            picked[rows, 0] = logits[rows, cols] - top[rows]
+            picked[rows, 1] = 1.0
+            if distributed:
+                _all_reduce(picked, dist.ReduceOp.SUM, group, "all_reduce target logit")
+            if not bool((picked[:, 1] == 1).all()):
+                raise LrfrError("sharded classifier: a label is outside 0..num_classes-1 (no rank owns its class); check the training list")
+            loss = (total.log() - picked[:, 0]).mean()
+        ctx.save_for_backward(prob, rows, cols)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        prob, rows, cols = ctx.saved_tensors
+        grad = prob.clone()
+        grad[rows, cols] -= 1.0
+        grad.mul_(g / prob.shape[0])
+        return grad, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- margin adapters
+class MarginPlan:
+    """How a head's margin splits into a per-sample part (computed where the sample lives) and a
+    target part (computed where the class lives). Both call the head's own methods."""
+
+    def __init__(self, terms: Callable[..., Terms], target: Callable[..., torch.Tensor]) -> None:
+        self.terms = terms
+        self.target = target
+
+
+def _check_len(name: str, field: str, value: torch.Tensor, n: int) -> None:
+    if value.shape[0] != n:
+        raise LrfrError(f"{name}: {value.shape[0]} values of {field} for {n} embeddings")
+
+
+def margin_plan(head: nn.Module) -> MarginPlan:
+    """The two-stage margin of ``head``; a one-line error for heads that cannot be sharded."""
+    from .adaface import AdaFaceHead
+    from .approach import Approach1Head, Approach2Head
+
+    name = getattr(head, "name", type(head).__name__)
+    if hasattr(head, "margin_terms") and hasattr(head, "target_from_terms"):
+        return MarginPlan(head.margin_terms, head.target_from_terms)
+    if isinstance(head, AdaFaceHead):
+
+        def ada_terms(emb: torch.Tensor, labels: torch.Tensor, margin: Any, **fields: torch.Tensor) -> Terms:
+            z = head.norm_scaler(emb)  # the EMA step: all-reduced over ranks, once per global batch
+            head._last_scaler = z  # what AdaFaceHead.forward records for its stats()
+            return {"m": head.margins(emb, labels, margin), "z": z}
+
+        return MarginPlan(ada_terms, lambda cos_t, m, z: head.adaptive_target(cos_t, m, z))
+    if isinstance(head, (Approach1Head, Approach2Head)):
+        field = head.needs[0]
+
+        def approach_terms(emb: torch.Tensor, labels: torch.Tensor, margin: Any, **fields: torch.Tensor) -> Terms:
+            if margin is not None:
+                return {"m": head.margins(emb, labels, margin)}
+            if fields.get(field) is None:
+                raise LrfrError(f"loss {name} needs the batch field {field!r}")
+            _check_len(name, field, fields[field], emb.shape[0])
+            m = head.sample_margins(fields[field]).to(emb.device)
+            if isinstance(head, Approach1Head):
+                head._last_margin = m.detach()  # what Approach1Head.forward records for its stats()
+            return {"m": m}
+
+        return MarginPlan(approach_terms, lambda cos_t, m: head.target_logit(cos_t, m))
+    if isinstance(head, MarginHead) and type(head).forward is MarginHead.forward:
+        return MarginPlan(
+            lambda emb, labels, margin, **fields: {"m": head.margins(emb, labels, margin, **fields)},
+            lambda cos_t, m: head.target_logit(cos_t, m),
+        )
+    raise LrfrError(
+        f"loss {name} cannot use --classifier sharded: it is not a normalised margin head "
+        "(or it overrides forward without the margin_terms/target_from_terms hook); use --classifier full"
+    )
+
+
+def _sample_seed(seed: int, step: int, rank: int) -> int:
+    digest = hashlib.sha256(f"lrfr-classes:{int(seed)}:{int(step)}:{int(rank)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------- the classifier
+class ShardedClassifier(nn.Module):
+    """A margin head whose class weights are split over the ranks (module doc).
+
+    ``head`` is the wrapped margin head, built for ``num_classes`` (its weight is sliced to this
+    rank's range and the full matrix released) or already for this rank's range only (what
+    :func:`build_sharded` does, so the full matrix never exists on a rank). ``sample_rate`` in
+    (0, 1] keeps that share of each rank's classes per training step (targets always kept).
+    """
+
+    def __init__(self, head: nn.Module, num_classes: int, *, sample_rate: float = 1.0, seed: int = 0, group: Any = None) -> None:
+        super().__init__()
+        if not 0.0 < sample_rate <= 1.0:
+            raise LrfrError(f"--sample-rate {sample_rate}: must be in (0, 1] (1 = every class in every step)")
+        self.plan = margin_plan(head)
+        self.group = group
+        self.rank, self.world_size = _rank_world(group)
+        if num_classes < 2 * self.world_size:
+            raise LrfrError(
+                f"--classifier sharded: {num_classes} classes over {self.world_size} ranks leaves fewer than 2 per rank; use --classifier full"
+            )
+        self.num_classes = int(num_classes)
+        self.embedding_size = int(head.weight.shape[1])
+        self.lo, self.hi = class_range(num_classes, self.rank, self.world_size)
+        rows = head.weight.shape[0]
+        if rows == num_classes and rows != self.hi - self.lo:
+            head.weight = nn.Parameter(head.weight.detach()[self.lo : self.hi].clone())
+        elif rows != self.hi - self.lo:
+            raise LrfrError(f"sharded classifier: the head has {rows} class weights; expected {num_classes} or this rank's {self.hi - self.lo}")
+        self.head = head
+        self.sample_rate = float(sample_rate)
+        self.seed = int(seed)
+        self.needs: tuple[str, ...] = tuple(getattr(head, "needs", ()))
+        self.name = getattr(head, "name", type(head).__name__)
+        self.s = float(head.s)
+        self._step = 0
+        #: This rank's sampled class indices (local, sorted) of the last training step; None = all.
+        self.last_index: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """This rank's ``(hi − lo) × d`` block of the class-weight matrix."""
+        return self.head.weight
+
+    @property
+    def num_local(self) -> int:
+        return self.hi - self.lo
+
+    def extra_repr(self) -> str:
+        return f"classes={self.lo}..{self.hi - 1} of {self.num_classes}, rank={self.rank}/{self.world_size}, sample_rate={self.sample_rate}"
+
+    # ------------------------------------------------------------------ step / stats hooks
+    def step(self, step: int) -> None:
+        self._step = int(step)
+        if hasattr(self.head, "step"):
+            self.head.step(step)
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        return dict(self.head.stats()) if hasattr(self.head, "stats") else {}
+
+    # ------------------------------------------------------------------ the computation
+    def _select(self, labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Sorted local class indices to keep this step (every owned target included), or None."""
+        if self.sample_rate >= 1.0 or not self.training:
+            return None
+        keep = max(1, int(self.sample_rate * self.num_local))
+        dev = self.weight.device
+        owned = labels[(labels >= self.lo) & (labels < self.hi)] - self.lo
+        positives = torch.unique(owned)
+        if positives.numel() >= keep:
+            return positives
+        if generator is None:
+            generator = torch.Generator(device=dev)
+            generator.manual_seed(_sample_seed(self.seed, self._step, self.rank))
+        score = torch.rand(self.num_local, generator=generator, device=dev)
+        score[positives] = 2.0  # above any rand(): positives always win
+        return torch.topk(score, keep, sorted=False).indices.sort().values
+
+    def _gather(self, embeddings: torch.Tensor, labels: torch.Tensor, terms: Terms) -> tuple[torch.Tensor, torch.Tensor, Terms]:
+        names = sorted(terms)
+        packed = torch.cat([embeddings.float(), *(terms[k].detach().float().reshape(-1, 1) for k in names)], dim=1)
+        if not _dist_on(self.group):
+            gathered, all_labels = packed, labels
+        else:
+            size = torch.tensor([labels.shape[0]], device=labels.device, dtype=torch.int64)
+            sizes = [int(v) for v in _gather_plain(size, [1] * self.world_size, self.group, "all_gather batch sizes")]
+            all_labels = _gather_plain(labels.long(), sizes, self.group, "all_gather labels")
+            gathered = _GatherRows.apply(packed, sizes, self.rank, self.group, float(self.world_size))
+        d = self.embedding_size
+        return gathered[:, :d], all_labels, {k: gathered[:, d + i].detach() for i, k in enumerate(names)}
+
+    def _shard_logits(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, margin: Any, generator: torch.Generator | None, fields: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits N×K, gathered labels, rows, cols)``: this rank's block, targets it owns at (rows, cols)."""
+        if embeddings.shape[0] != labels.shape[0]:
+            raise LrfrError(f"sharded classifier: {embeddings.shape[0]} embeddings for {labels.shape[0]} labels")
+        terms = self.plan.terms(embeddings, labels, margin, **{k: fields[k] for k in fields if k in self.needs})
+        emb, all_labels, all_terms = self._gather(embeddings, labels, terms)
+        index = self._select(all_labels, generator)
+        self.last_index = index
+        w = self.weight if index is None else self.weight.index_select(0, index)
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            cos = (F.normalize(emb, dim=1) @ F.normalize(w.float(), dim=1).t()).clamp(-1.0, 1.0)
+            rows = torch.nonzero((all_labels >= self.lo) & (all_labels < self.hi)).reshape(-1)
+            local = all_labels[rows] - self.lo
+            cols = local if index is None else torch.searchsorted(index, local)
+            target = self.plan.target(cos[rows, cols], **{k: v[rows] for k, v in all_terms.items()})
+            logits = cos.index_put((rows, cols), target.to(cos.dtype)) * self.s
+        return logits, all_labels, rows, cols
+
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, margin: Any = None, *, generator: torch.Generator | None = None, **fields: torch.Tensor
+    ) -> torch.Tensor:
+        """This rank's logits for the all-gathered batch: ``N×K`` (K = its sampled classes).
+        In one process with ``sample_rate = 1`` that is exactly the wrapped head's ``B×C``."""
+        return self._shard_logits(embeddings, labels, margin, generator, fields)[0]
+
+    def loss(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, margin: Any = None, *, generator: torch.Generator | None = None, **fields: torch.Tensor
+    ) -> torch.Tensor:
+        """The global mean cross-entropy (the same value on every rank). ``generator`` draws the
+        sampled classes (pass the step's, for exact resumes); without it one is seeded from
+        (seed, step, rank)."""
+        logits, _, rows, cols = self._shard_logits(embeddings, labels, margin, generator, fields)
+        return _ShardedCrossEntropy.apply(logits, rows, cols, self.group, _dist_on(self.group))
+
+    # ------------------------------------------------------------------ checkpoints
+    def full_weight(self, dst: int = 0) -> torch.Tensor:
+        """The ``C×d`` matrix on rank ``dst`` (a collective; other ranks get their shard back)."""
+        return self.full_rows(self.weight, dst)
+
+    def full_rows(self, block: torch.Tensor, dst: int = 0) -> torch.Tensor:
+        """Any per-class ``(hi − lo)×…`` block (the weight, its momentum) as the full matrix on
+        rank ``dst``: a collective; other ranks get their own block back."""
+        w = block.detach()
+        if not _dist_on(self.group):
+            return w.clone()
+        most = math.ceil(self.num_classes / self.world_size)
+        pad = torch.cat([w, w.new_zeros(most - w.shape[0], *w.shape[1:])]) if w.shape[0] < most else w.contiguous()
+        parts = [torch.empty_like(pad) for _ in range(self.world_size)] if self.rank == dst else None
+        COMM.add("gather weight (checkpoint)", pad)
+        dist.gather(pad, parts, dst=dst, group=self.group)
+        if parts is None:
+            return w.clone()
+        ranges = [class_range(self.num_classes, r, self.world_size) for r in range(self.world_size)]
+        return torch.cat([p[: hi - lo] for p, (lo, hi) in zip(parts, ranges)])
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:  # type: ignore[override]
+        """The wrapped head's state with the FULL weight matrix (on rank 0; a collective)."""
+        inner = self.head.state_dict(keep_vars=keep_vars)
+        inner["weight"] = self.full_weight()
+        out = destination if destination is not None else OrderedDict()
+        for k, v in inner.items():
+            out[prefix + k] = v
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        """Load a full-matrix state (from any number of ranks, or an unsharded head): slice ours."""
+        state = dict(state_dict)
+        w = state.get("weight")
+        if w is None or w.dim() != 2:
+            raise LrfrError("sharded classifier: the checkpoint's head has no 2-D 'weight' (not a margin head?)")
+        if tuple(w.shape) != (self.num_classes, self.embedding_size):
+            raise LrfrError(
+                f"sharded classifier: the checkpoint's head is {w.shape[0]}×{w.shape[1]}, "
+                f"this run needs {self.num_classes} classes × {self.embedding_size}"
+            )
+        state["weight"] = w[self.lo : self.hi]
+        return self.head.load_state_dict(state, strict=strict, assign=assign)
+
+
+def build_sharded(name: str, embedding_size: int, num_classes: int, *, sample_rate: float = 1.0, seed: int = 0, group: Any = None, **kwargs: Any) -> ShardedClassifier:
+    """``build_head(name, ...)`` for this rank's classes only, wrapped: the full matrix is never
+    allocated. The initial weights follow the head's own initialisation (each rank draws its block)."""
+    from . import build_head
+
+    rank, world = _rank_world(group)
+    if num_classes < 2 * world:
+        raise LrfrError(f"--classifier sharded: {num_classes} classes over {world} ranks leaves fewer than 2 per rank; use --classifier full")
+    lo, hi = class_range(num_classes, rank, world)
+    head = build_head(name, embedding_size, hi - lo, **kwargs)
+    return ShardedClassifier(head, num_classes, sample_rate=sample_rate, seed=seed, group=group)
+
+
+# ----------------------------------------------------------------------------- DDP / optimiser
+def sharded_modules(root: nn.Module) -> list[tuple[str, ShardedClassifier]]:
+    return [(n, m) for n, m in root.named_modules() if isinstance(m, ShardedClassifier)]
+
+
+def mark_ddp_ignored(root: nn.Module) -> list[str]:
+    """Keep sharded weights out of DDP (call before wrapping ``root``): DDP would broadcast rank 0's
+    shard over the others at start and average different shards' gradients. Returns the names."""
+    names = [f"{n}.head.weight" if n else "head.weight" for n, _ in sharded_modules(root)]
+    if names:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(root, names)
+    return names
+
+
+def _param_ids(optimizer: torch.optim.Optimizer) -> dict[int, int]:
+    """id(param) → its index in ``optimizer.state_dict()`` (params numbered in group order)."""
+    out: dict[int, int] = {}
+    for p in (p for g in optimizer.param_groups for p in g["params"]):
+        out.setdefault(id(p), len(out))
+    return out
+
+
+def gather_optimizer_state(optimizer: torch.optim.Optimizer, shards: Iterable[ShardedClassifier]) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with each sharded weight's per-row state (SGD momentum, Adam
+    moments) gathered to the full ``C×d`` on rank 0 (a collective), so it resumes on any number of ranks."""
+    state = optimizer.state_dict()
+    ids = _param_ids(optimizer)
+    for m in shards:
+        idx = ids.get(id(m.weight))
+        if idx is None:
+            continue
+        per = state["state"].get(idx, {})
+        for key in sorted(per):
+            v = per[key]
+            if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(m.weight.shape):
+                per[key] = m.full_rows(v)
+    return state
+
+
+def shard_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer, shards: Iterable[ShardedClassifier]) -> dict[str, Any]:
+    """The inverse of :func:`gather_optimizer_state`: full-matrix per-row state sliced to each rank's range."""
+    ids = _param_ids(optimizer)
+    out = {**state, "state": {k: dict(v) for k, v in state["state"].items()}}
+    for m in shards:
+        idx = ids.get(id(m.weight))
+        per = out["state"].get(idx) if idx is not None else None
+        if not per:
+            continue
+        for key, v in per.items():
+            if isinstance(v, torch.Tensor) and v.dim() == 2 and tuple(v.shape) == (m.num_classes, m.embedding_size):
+                per[key] = v[m.lo : m.hi].clone()
+    return out
+
+
+__all__ = [
+    "COMM",
+    "CommLog",
+    "MarginPlan",
+    "ShardedClassifier",
+    "build_sharded",
+    "class_range",
+    "gather_optimizer_state",
+    "margin_plan",
+    "mark_ddp_ignored",
+    "shard_optimizer_state",
+    "sharded_modules",
+]
