@@ -91,7 +91,8 @@ class EvalRecord:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
-            where = "truncated" if e.pos >= len(text.rstrip()) - 1 else f"invalid JSON at line {e.lineno}"
+            # Our writer ends every document with "}": a file that does not was cut off.
+            where = "truncated" if not text.rstrip().endswith(("}", "]")) or e.pos >= len(text.rstrip()) - 1 else f"invalid JSON at line {e.lineno}"
             raise ResultsError(f"{p}: {where} ({e.msg}); re-run `lrfr eval` to rewrite it") from None
         return cls.from_dict(doc, p)
 

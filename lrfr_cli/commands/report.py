@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import typer
 
 from ..errors import LrfrError
 from ..results import METRIC_HELP
-from ..ui import State
+from ..ui import State, null_progress
 from ._common import handle_errors, state, workspace
 
 FORMATS = ("table", "md", "csv", "json")
@@ -79,6 +80,8 @@ def report_cmd(
         raise LrfrError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if max_drop and baseline is None:
         raise LrfrError("--max-drop needs --baseline OTHER.json")
+    if save and (not name or "/" in name or name in (".", "..") or name.startswith(".")):
+        raise LrfrError(f"--name {name!r}: use a plain folder name (reports/NAME/) without '/' or a leading dot")
     specs = parse_fail_under(fail_under)  # syntax errors before any file is read
     ws = workspace()
     records = load_records(find_evals(ws.root, list(evals or []), runs))
@@ -115,7 +118,8 @@ def report_cmd(
 
         options = {"evals": [str(p) for p in evals or []], "runs": runs, "fail_under": fail_under,
                    "baseline": str(baseline) if baseline else None, "max_drop": max_drop, "plots": plots}
-        with st.progress("figures", unit="fig") as progress:
+        bar = st.progress("figures", unit="fig") if plots else contextlib.nullcontext(null_progress)
+        with bar as progress:
             out_dir, figures = write_report(report, ws.root, name, gates=gate_dicts, options=options, plots=plots, progress=progress)
 
     if fmt == "json":
