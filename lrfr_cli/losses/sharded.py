@@ -469,6 +469,8 @@ def gather_optimizer_state(optimizer: torch.optim.Optimizer, shards: Iterable[Sh
     """``optimizer.state_dict()`` with each sharded weight's per-row state (SGD momentum, Adam
     moments) gathered to the full ``C×d`` on rank 0 (a collective), so it resumes on any number of ranks."""
     state = optimizer.state_dict()
+    # state_dict() shares the per-parameter dicts with the live optimiser: copy before replacing.
+    state["state"] = {k: dict(v) for k, v in state["state"].items()}
     ids = _param_ids(optimizer)
     for m in shards:
         idx = ids.get(id(m.weight))
