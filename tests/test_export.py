@@ -47,7 +47,7 @@ def _faces(data_dir: Path, n: int = 7) -> np.ndarray:
     """Aligned 112x112 CelebA faces of different identities, uint8 RGB N×H×W×3 (read with PIL)."""
     root = data_dir / "celeba_subset" / "images"
     people = sorted(p for p in root.iterdir() if p.is_dir())[:: 40][:n]
-    imgs = [np.asarray(Image.open(sorted(p.iterdir())[0]).convert("RGB")) for p in people]
+    imgs = [np.asarray(Image.open(min(p.iterdir())).convert("RGB")) for p in people]
     assert all(i.shape == (112, 112, 3) for i in imgs)
     return np.stack(imgs)
 
