@@ -47,7 +47,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("make-list", "make_list", "Write 'rel/path label' lines (labels 0..N-1 in sorted identity order) and a label map."),
     CommandSpec("degrade", "degrade", "Down-sample every image to each size (then optionally back up), resumably, on all cores."),
     CommandSpec("train", "train", "Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."),
-    CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation)."),
+    CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese)."),
     CommandSpec("eval", "eval", "Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json."),
     CommandSpec("report", "report", "Tables and plots from the workspace's evaluations; --fail-under gates CI."),
     CommandSpec("export", "export", "Export a model to ONNX (dynamic batch, preprocessing in its metadata), checked against PyTorch."),
