@@ -254,6 +254,11 @@ def _acquire(path: Path, rel: str, ws_root: Path) -> _Held:
             except OSError as e:
                 if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
                     raise refuse(_holder(fd)) from e
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise LrfrError(
+                        f"cannot lock {path}: the file system under the workspace does not support POSIX locks "
+                        f"({e.strerror}); put the workspace (--workspace) on a local disk"
+                    ) from e
                 raise
             # The pid is for the refusal message only; the kernel, not this file, decides.
             os.ftruncate(fd, 0)

@@ -330,3 +330,22 @@ def test_forked_child_leaving_the_lock_block_leaves_the_parents_lock(tmp_path):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert _try_lock_in_subprocess(ws, "x") == "locked"
+
+
+def test_lock_on_a_file_system_without_posix_locks_is_one_clear_error(tmp_path, monkeypatch):
+    import errno as _errno
+    import fcntl
+
+    from lrfr_cli.errors import LockedError, LrfrError
+
+    def no_locks(fd, op):  # type: ignore[no-untyped-def]
+        raise OSError(_errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.raises(LrfrError, match="does not support POSIX locks") as e:
+        with Workspace(tmp_path / "ws").artifact("x").lock():
+            pass
+    assert not isinstance(e.value, LockedError)
+    monkeypatch.undo()
+    with Workspace(tmp_path / "ws").artifact("x").lock():  # the failed attempt left nothing held
+        pass
