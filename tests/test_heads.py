@@ -158,12 +158,17 @@ def test_unknown_loss_lists_choices():
 def test_logits_stay_fp32_under_bf16_autocast(batch):
     """A 0.35 margin on cosines rounded to bf16 (8 bits of mantissa) would be noise."""
     emb, w, labels = batch
+    g = torch.Generator().manual_seed(0)
+    # the per-sample inputs of the adaptive heads (an HR/LR flag, the raw images for quality)
+    fields = {"approach1": {"is_lr": torch.arange(6) % 2 == 0},
+              "approach2": {"images": torch.randint(0, 256, (6, 3, 16, 16), generator=g, dtype=torch.uint8)}}
     for name in HEADS:
-        head = build_head(name, 5, 4)
+        head = build_head(name, 5, 4).eval()  # eval: AdaFace's norm statistics stay put between the calls
         x = _setup(head, emb, w)
-        ref = head(x, torch.from_numpy(labels))
+        kw = fields.get(name, {})
+        ref = head(x, torch.from_numpy(labels), **kw)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = head(x.bfloat16(), torch.from_numpy(labels))
-        assert out.dtype == torch.float32
-        torch.testing.assert_close(out, head(x.bfloat16().float(), torch.from_numpy(labels)))
+            out = head(x.bfloat16(), torch.from_numpy(labels), **kw)
+        assert out.dtype == torch.float32, name
+        torch.testing.assert_close(out, head(x.bfloat16().float(), torch.from_numpy(labels), **kw), msg=name)
         assert ref.dtype == torch.float32

@@ -251,14 +251,17 @@ class Interrupt(Exception):
     pass
 
 
-def _crb_task() -> ClassifierTask:
+def _crb_task(loss: str = "arcface") -> ClassifierTask:
     torch.manual_seed(0)
-    return ClassifierTask(SmallNet(), build_head("arcface", 16, 4), transforms=[CrossResolutionBatches([8, 12, 16], mode="split", lr_prob=0.5)])
+    return ClassifierTask(SmallNet(), build_head(loss, 16, 4), transforms=[CrossResolutionBatches([8, 12, 16], mode="split", lr_prob=0.5)])
 
 
-def test_interrupted_and_resumed_crb_run_is_bit_identical(tmp_path):
+# approach2: the margin comes from the Laplacian quality of the CRB-mixed batch, so a resumed run
+# must rebuild exactly the same LR rows for its margins (and so its losses) to match.
+@pytest.mark.parametrize("loss", ["arcface", "approach2"])
+def test_interrupted_and_resumed_crb_run_is_bit_identical(tmp_path, loss):
     ds, cfg = Faces(n=24), _cfg(max_steps=9, checkpoint_every=2)
-    ref = _crb_task()
+    ref = _crb_task(loss)
     fit(ref, ds, cfg, tmp_path / "ref", device=CPU, info=ONE, config={})
 
     calls = {"n": 0}
@@ -269,18 +272,24 @@ def test_interrupted_and_resumed_crb_run_is_bit_identical(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        fit(_crb_task(), ds, cfg, tmp_path / "run", device=CPU, info=ONE, config={}, progress=crash_after_5)
+        fit(_crb_task(loss), ds, cfg, tmp_path / "run", device=CPU, info=ONE, config={}, progress=crash_after_5)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
     torch.manual_seed(12345)  # the global RNG of the new process differs; the checkpoint restores it
-    resumed = _crb_task()
+    resumed = _crb_task(loss)
     res = fit(resumed, ds, cfg, tmp_path / "run", device=CPU, info=ONE, config={}, resume=True)
     assert res.resumed_from == 4 and res.step == 9
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     ref_losses = [r["loss"] for r in _metrics(tmp_path / "ref")]
     assert [r["loss"] for r in _metrics(tmp_path / "run")] == ref_losses
+    # every logged term too (approach2's mean quality and margin of the mixed batch)
+    def logged(run: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in _metrics(run)]
+
+    assert logged(tmp_path / "run") == logged(tmp_path / "ref")
+    assert loss != "approach2" or "margin_mean" in logged(tmp_path / "ref")[0]
     # ...and the randomness is real: other seeds give other LR rows, so other losses.
-    other = _crb_task()
+    other = _crb_task(loss)
     fit(other, ds, _cfg(max_steps=9, checkpoint_every=2, seed=4), tmp_path / "other", device=CPU, info=ONE, config={})
     assert [r["loss"] for r in _metrics(tmp_path / "other")] != ref_losses
 
@@ -315,7 +324,8 @@ def test_sigkill_then_resume_with_crb_equals_uninterrupted(cli, tmp_path):
     for part in ("model", "head"):
         for k in b[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
-    assert json.loads((ws / "runs" / "r" / "config.json").read_text())["crb"] == {"sizes": [8, 16, 24], "mode": "split", "lr_prob": 0.5}
+    assert json.loads((ws / "runs" / "r" / "config.json").read_text())["crb"] == {
+        "enabled": True, "why": "--crb", "sizes": [8, 16, 24], "mode": "split", "lr_prob": 0.5}
 
 
 # --------------------------------------------------------------------------- samplers

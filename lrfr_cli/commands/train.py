@@ -11,9 +11,16 @@ from typing import Any
 
 import typer
 
-from ..data.crb import CRB_MODE_HELP, DEFAULT_LR_SIZES, check_crb_options, resolve_crb
+from ..data.crb import (
+    CRB_MODE_HELP,
+    DEFAULT_LR_SIZES,
+    check_crb_options,
+    crb_reason,
+    resolve_crb,
+)
 from ..data.datasets import TrainingSet, resolve_training_data
 from ..data.degrade import parse_sizes
+from ..data.quality import QUALITY_HELP, check_quality_mode
 from ..data.samplers import SAMPLERS
 from ..engine import resolve_device, resolve_precision
 from ..engine.loop import LoopConfig
@@ -70,6 +77,7 @@ def train(
     lr_sizes: str = typer.Option(",".join(map(str, DEFAULT_LR_SIZES)), "--lr-sizes", help="CRB: heights in pixels the LR versions are down-sampled to (one drawn per sample), e.g. 8,12,16,20."),
     crb_mode: str = typer.Option("copies", "--crb-mode", help=f"CRB mode: {CRB_MODE_HELP}"),
     lr_prob: float = typer.Option(0.5, "--lr-prob", help="CRB split mode: the share of each batch replaced by LR versions (0..1)."),
+    quality: str | None = typer.Option(None, "--quality", help=f"approach2's image quality (same as --loss-opt quality=VALUE): {QUALITY_HELP}"),
     embedding_size: int = typer.Option(512, "--embedding-size", min=2, help="Embedding dimension."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun auto picks cuda:LOCAL_RANK)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)."),
@@ -98,12 +106,20 @@ def train(
             raise LrfrError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
     backbone, loss, optimizer, schedule, sampler = backbone.lower(), loss.lower(), optimizer.lower(), schedule.lower(), sampler.lower()
     head_kw: dict[str, Any] = parse_loss_opts(loss, loss_opt or [])
-    for key, flag, value in (("s", "--scale", scale), ("m", "--margin", margin)):
+    if quality is not None:
+        try:
+            quality = check_quality_mode(quality)
+        except LrfrError as e:
+            raise LrfrError(f"--quality: {e}") from None
+    for key, flag, value in (("s", "--scale", scale), ("m", "--margin", margin), ("quality", "--quality", quality)):
         if value is not None:
             if key not in head_options(loss):
                 raise LrfrError(f"{flag}: loss {loss} has no option {key!r} (its options: {', '.join(head_options(loss)) or 'none'})")
             head_kw.update(parse_loss_opts(loss, [f"{key}={value}"]))
-    use_crb = resolve_crb(crb, getattr(head_factory(loss), "crb", "off"), loss)
+    if "quality" in head_kw:  # one spelling in config.json, whichever way it was given
+        head_kw["quality"] = check_quality_mode(head_kw["quality"])
+    crb_policy = getattr(head_factory(loss), "crb", "off")
+    use_crb = resolve_crb(crb, crb_policy, loss)
     crb_cfg = None
     if use_crb:
         try:
@@ -158,11 +174,14 @@ def train(
         "loop": cfg.identity(),
         "val_pairs": str(val_pairs) if val_pairs else None,
     }
-    if crb_cfg:
-        config["crb"] = crb_cfg  # only when on: runs without CRB keep their earlier identity
+    # config.json says whether batches were mixed and why (a loss's default, or a flag); the
+    # identity below keeps only what changes the batches, so earlier runs keep theirs.
+    config["crb"] = {"enabled": use_crb, "why": crb_reason(crb, crb_policy, loss), **(crb_cfg or {})}
     if task_opts != {"freeze_backbone": False, "head_lr_scale": 1.0}:
         config["task"] = task_opts  # only when changed: earlier runs keep their identity
-    options = {k: v for k, v in config.items() if k not in ("data", "images")}
+    options = {k: v for k, v in config.items() if k not in ("data", "images", "crb")}
+    if crb_cfg:
+        options["crb"] = crb_cfg  # only when on: runs without CRB keep their earlier identity
     inputs: dict[str, Any] = {"data": ts.fingerprint}
     if val_pairs:
         inputs["val_pairs"] = fingerprint_file(val_pairs)

@@ -89,6 +89,16 @@ def resolve_crb(requested: bool | None, policy: str, loss: str) -> bool:
     return bool(requested)
 
 
+def crb_reason(requested: bool | None, policy: str, loss: str) -> str:
+    """Why a run has CRB on or off, in words for its ``config.json`` (a reader of a run should not
+    have to know each loss's default to tell why its batches were mixed)."""
+    if policy == "required":
+        return f"required by {loss} (its margin depends on the HR/LR flag)"
+    if requested is None:
+        return f"default for {loss}"
+    return "--crb" if requested else "--no-crb"
+
+
 def _cpu_generator(generator: torch.Generator | int) -> torch.Generator:
     seed = generator if isinstance(generator, int) else generator.initial_seed()
     g = torch.Generator(device="cpu")
@@ -159,6 +169,7 @@ __all__ = [
     "DEFAULT_LR_SIZES",
     "CRBBatch",
     "check_crb_options",
+    "crb_reason",
     "cross_resolution_batch",
     "resolve_crb",
 ]

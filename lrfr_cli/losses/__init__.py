@@ -27,6 +27,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import LrfrError
+from .adaface import AdaFaceHead
+from .approach import Approach1Head, Approach2Head
 from .arcface import ArcFaceHead
 from .cosface import CosFaceHead
 from .margin import MarginHead
@@ -58,6 +60,9 @@ register_head("softmax", SoftmaxHead, "plain linear classifier, no margin: the b
 register_head("cosface", CosFaceHead, "additive cosine margin cos θ − m (Wang et al. 2018)")
 register_head("arcface", ArcFaceHead, "additive angular margin cos(θ + m) (Deng et al. 2019): the strong default")
 register_head("sphereface", SphereFaceHead, "multiplicative angular margin cos(mθ), annealed from softmax (Liu et al. 2017)")
+register_head("adaface", AdaFaceHead, "margin adapted by the batch-normalised feature norm, EMA of norm stats (Kim et al. 2022)")
+register_head("approach1", Approach1Head, "ArcFace with a per-sample margin by input resolution, HR vs LR (thesis seed; CRB on)")
+register_head("approach2", Approach2Head, "ArcFace with a bounded margin from the input's Laplacian quality (thesis seed; CRB on)")
 
 
 def heads() -> tuple[str, ...]:
@@ -165,6 +170,9 @@ def describe_losses() -> list[str]:
 
 __all__ = [
     "HEADS",
+    "AdaFaceHead",
+    "Approach1Head",
+    "Approach2Head",
     "ArcFaceHead",
     "CosFaceHead",
     "LossEntry",

@@ -94,7 +94,7 @@ class Approach1Head(ArcFaceHead):
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m: float | None = None, m_hr: float = 0.35, m_lr: float = 0.5
     ) -> None:
-        _no_plain_margin(self.name, m, "--m-hr (high resolution) and --m-lr (low resolution)")
+        _no_plain_margin(self.name, m, "--loss-opt m_hr=... (high resolution) and m_lr=... (low resolution)")
         self.m_hr, self.m_lr = check_margin("m_hr", m_hr), check_margin("m_lr", m_lr)
         super().__init__(embedding_size, num_classes, s=s, m=self.m_hr)
         self._last_margin: torch.Tensor | None = None
@@ -156,7 +156,7 @@ class Approach2Head(ArcFaceHead):
         q_lo: float | None = None,
         q_hi: float | None = None,
     ) -> None:
-        _no_plain_margin(self.name, m, "--m-min..--m-max, set by image quality")
+        _no_plain_margin(self.name, m, "m_min..m_max (--loss-opt m_min=... --loss-opt m_max=...), set by image quality")
         self.m_min, self.m_max = check_margin_range(m_min, m_max)
         self.quality = check_quality_mode(quality)
         ref_lo, ref_hi = QUALITY_REFERENCES[self.quality]
