@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import make_identity_faces
 
 from lrfr_cli.engine.tasks import ClassifierTask, StepContext
 from lrfr_cli.finetune import build_method, resolve_options
@@ -21,7 +22,6 @@ from lrfr_cli.finetune.octuplet import octuplet_loss
 from lrfr_cli.finetune.siamese import cross_triplet
 from lrfr_cli.losses import build_head
 from lrfr_cli.models import build_backbone
-from synthetic import make_identity_faces
 
 
 # ----------------------------------------------------------------------------- brute force
@@ -66,7 +66,7 @@ def test_octuplet_loss_equals_brute_force_loops(seed):
     n = emb.shape[0] // 2
     loss, terms = octuplet_loss(emb, y, margin=0.5)
     e, yy = emb.double().numpy(), y.numpy()
-    hr, lr = range(0, n), range(n, 2 * n)
+    hr, lr = range(n), range(n, 2 * n)
     want = {
         "trip_hh": _np_block(e, yy, 0.5, hr, hr, n, True),
         "trip_hl": _np_block(e, yy, 0.5, hr, lr, n, True),
