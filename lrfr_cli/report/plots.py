@@ -194,7 +194,9 @@ def _finite(v: Any) -> bool:
 def _training(plt: Any, run: str, lines: list[dict[str, Any]]) -> Any:
     train = [d for d in lines if "loss" in d and not any(k.startswith("val_") for k in d)]
     val = [d for d in lines if any(k.startswith("val_") for k in d)]
-    fig, (a_loss, a_lr, a_val) = _fig(plt, f"{run}: training", ncols=3)
+    vkeys = [k for k in dict.fromkeys(k for d in val for k in d) if k.startswith("val_") and k not in ("val_threshold", "val_pairs")]
+    fig, axes = _fig(plt, f"{run}: training", ncols=3 if vkeys else 2)
+    a_loss, a_lr = axes[0], axes[1]
     terms = [k for k in dict.fromkeys(k for d in train for k in d) if k not in _NOT_TERMS and not k.startswith("val_")]
     for k in terms:
         pts = [(d["step"], d[k]) for d in train if _finite(d.get(k))]
@@ -208,14 +210,14 @@ def _training(plt: Any, run: str, lines: list[dict[str, Any]]) -> Any:
     a_lr.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:green")
     a_lr.set_title("learning rate", fontsize=10)
     a_lr.set_xlabel("step")
-    vkeys = [k for k in dict.fromkeys(k for d in val for k in d) if k.startswith("val_") and k not in ("val_threshold", "val_pairs")]
-    for k in vkeys:
-        pts = [(d["step"], d[k]) for d in val if _finite(d.get(k))]
-        a_val.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
-    a_val.set_title("validation" if vkeys else "validation (none logged)", fontsize=10)
-    a_val.set_xlabel("step")
     if vkeys:
+        a_val = axes[2]
+        for k in vkeys:
+            pts = [(d["step"], d[k]) for d in val if _finite(d.get(k))]
+            a_val.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
+        a_val.set_title("validation", fontsize=10)
+        a_val.set_xlabel("step")
         a_val.legend(fontsize=7)
-    for a in (a_loss, a_lr, a_val):
+    for a in axes:
         a.grid(alpha=0.3)
     return fig
