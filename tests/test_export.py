@@ -139,7 +139,7 @@ def test_bgr_channel_order_is_recorded_and_applied(cli, ws, data_dir, tmp_path) 
     assert np.abs(got - _expected(net, faces, bgr=False)).max() > 10 * TOL  # the order matters for this net
 
 
-def test_export_bad_inputs(cli, ws, tmp_path, monkeypatch) -> None:
+def test_export_bad_inputs(cli, ws, data_dir, tmp_path, monkeypatch) -> None:
     _make_run(ws)
     empty = tmp_path / "empty"
     empty.mkdir()
