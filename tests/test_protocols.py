@@ -85,11 +85,11 @@ def test_lfw_requests_per_setting(tmp_path: Path) -> None:
     kw = dict(input_size=112, method="area")
     p = lfw.plan_lfw(LfwCenterCrop(root), root, pairs, setting="lr-lr", sizes=[12], **kw)
     (v,) = p.requests
-    assert v.name == "12px_area" and len(p.requests[v]) == 16
+    assert v.name == "12px_area-exact" and len(p.requests[v]) == 16
     p = lfw.plan_lfw(LfwCenterCrop(root), root, pairs, setting="hr-hr", sizes=[8, 12], **kw)
     assert [v.name for v in p.requests] == ["hr"]
     p = lfw.plan_lfw(LfwCenterCrop(root), root, pairs, setting="hr-lr", sizes=[8, 12], **kw)
-    assert sorted(v.name for v in p.requests) == ["12px_area", "8px_area", "hr"]
+    assert sorted(v.name for v in p.requests) == ["12px_area-exact", "8px_area-exact", "hr"]
     assert len(p.requests[Variant(None)]) == 8  # first images only
 
 
