@@ -304,3 +304,128 @@ def test_build_sharded_allocates_only_its_block():
     assert sc.weight.shape == (10, D) and sc.head.m == 0.2 and sc.sample_rate == 0.5
     with pytest.raises(LrfrError, match="no option"):
         build_sharded("cosface", D, 10, bogus=1.0)
+
+
+# ----------------------------------------------------------------------------------- lrfr train
+def _train_args(faces: Path, *extra: str) -> list[str]:
+    # sphere20 has no BatchNorm, whose per-process statistics would (correctly) differ between
+    # one process and two; the global batch (4 = 2 × 2) and data order are the same.
+    return ["train", "--data", str(faces), "--backbone", "sphere20", "--loss", "arcface", "--batch-size", "4",
+            "--workers", "0", "--device", "cpu", "--lr", "0.05", "--log-every", "1", "--embedding-size", "16",
+            "--threads", "1", "--run-name", "s", "--checkpoint-every", "1", "--schedule", "constant", *extra]
+
+
+def _ckpt(ws: Path) -> dict:
+    from lrfr_cli.engine import load_checkpoint
+
+    return load_checkpoint(ws / "runs" / "s" / "checkpoints" / "last.pt")
+
+
+def _start(classes: int) -> dict[str, dict[str, torch.Tensor]]:
+    """The run's initial weights: the runner seeds, then builds the backbone, then the head."""
+    from lrfr_cli.engine.seed import seed_everything
+    from lrfr_cli.models import build_backbone
+
+    seed_everything(0)
+    model = build_backbone("sphere20", 16)
+    return {"model": model.state_dict(), "head": build_head("arcface", 16, classes).state_dict()}
+
+
+def _assert_same_run(got: dict, ref: dict, start: dict) -> None:
+    """Per tensor ‖got − ref‖ ≤ 1e-3·‖ref − start‖ + fp32 rounding of ‖ref‖: equal up to the
+    reduction order, relative to how far training moved the tensor (which must be > 0)."""
+    for part in ("model", "head"):
+        for k, v in ref[part].items():
+            if not v.is_floating_point():
+                continue
+            moved = float((v - start[part][k]).norm())
+            assert moved > 0 or part == "model", f"{part}.{k} did not move"
+            err = float((got[part][k] - v).norm())
+            assert err <= 1e-3 * moved + 64 * EPS * float(v.norm()), f"{part}.{k}: |diff| {err:.3g} vs moved {moved:.3g}"
+
+
+def test_train_cli_sharded_one_process_equals_full(cli, tmp_path):
+    from synthetic import make_identity_faces
+
+    faces = make_identity_faces(tmp_path / "faces", 5, 2, seed=3)
+    full, sh = tmp_path / "full", tmp_path / "sh"
+    r = cli(full, *_train_args(faces, "--max-steps", "2"))
+    assert r.exit_code == 0, r.stdout + r.stderr
+    r = cli(sh, *_train_args(faces, "--max-steps", "2", "--classifier", "sharded", "--json"))
+    assert r.exit_code == 0, r.stdout + r.stderr
+    a, b = _ckpt(full), _ckpt(sh)
+    assert b["head"]["weight"].shape == (5, 16) and b["config"]["classifier"] == {"kind": "sharded", "sample_rate": 1.0}
+    _assert_same_run(b, a, _start(5))
+
+
+def test_train_cli_classifier_errors(cli, tmp_path):
+    from synthetic import make_identity_faces
+
+    faces = make_identity_faces(tmp_path / "faces", 3, 2, seed=3)
+    r = cli(tmp_path / "w", *_train_args(faces, "--max-steps", "1", "--sample-rate", "0.5"))
+    assert r.exit_code != 0 and "--sample-rate needs --classifier sharded" in r.stdout + r.stderr
+    r = cli(tmp_path / "w", *_train_args(faces, "--max-steps", "1", "--classifier", "sharded", "--loss", "softmax"))
+    assert r.exit_code != 0 and "cannot use --classifier sharded" in r.stdout + r.stderr
+    r = cli(tmp_path / "w", *_train_args(faces, "--max-steps", "1", "--classifier", "bogus"))
+    assert r.exit_code != 0 and "choose one of: full, sharded" in r.stdout + r.stderr
+    r = cli(tmp_path / "w", *_train_args(faces, "--max-steps", "1", "--classifier", "sharded", "--sample-rate", "1.5"))
+    assert r.exit_code != 0 and "must be in (0, 1]" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_sharded_then_resume_on_one_equals_full(cli, tmp_path):
+    """2 steps on 2 sharded ranks, resumed on 1 process to 4 steps = 4 steps of the full classifier."""
+    import json
+    import subprocess
+    import sys
+
+    from synthetic import make_identity_faces
+
+    faces = make_identity_faces(tmp_path / "faces", 5, 2, seed=3)
+    full, sh = tmp_path / "full", tmp_path / "sh"
+    r = cli(full, *_train_args(faces, "--max-steps", "4"))
+    assert r.exit_code == 0, r.stdout + r.stderr
+    lrfr = str(Path(sys.executable).parent / "lrfr")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", lrfr, "-w", str(sh), "--json",
+                        *_train_args(faces, "--max-steps", "2", "--classifier", "sharded")], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    out = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
+    assert out["world_size"] == 2 and out["steps"] == 2
+    two = _ckpt(sh)
+    assert two["head"]["weight"].shape == (5, 16)  # the full matrix, gathered from shards of 3 and 2
+    mom = [v["momentum_buffer"] for v in two["optimizer"]["state"].values() if v["momentum_buffer"].shape == (5, 16)]
+    assert len(mom) == 1 and bool((mom[0][3:] != 0).any())  # rank 1's rows of the momentum came along
+    r = cli(sh, *_train_args(faces, "--max-steps", "4", "--classifier", "sharded", "--resume", "--force", "--json"))
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.json()["resumed_from"] == 2 and r.json()["world_size"] == 1
+    _assert_same_run(_ckpt(sh), _ckpt(full), _start(5))
+    l1 = [json.loads(ln)["loss"] for ln in (full / "runs" / "s" / "metrics.jsonl").read_text().splitlines()]
+    l2 = [json.loads(ln)["loss"] for ln in (sh / "runs" / "s" / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(l2, l1, rtol=1e-4)
+
+
+def test_initial_matrix_does_not_depend_on_the_number_of_ranks(monkeypatch):
+    """Beyond INIT_BLOCK classes each rank draws only its blocks; the matrix is the same for 1..3 ranks."""
+    import lrfr_cli.losses.sharded as sh
+
+    monkeypatch.setattr(sh, "INIT_BLOCK", 4)
+    mats = []
+    for world in (1, 2, 3):
+        parts = []
+        for rank in range(world):
+            monkeypatch.setattr(sh, "_rank_world", lambda group=None, r=rank, w=world: (r, w))
+            torch.manual_seed(5)
+            parts.append(build_sharded("arcface", D, 11).weight.detach())
+            after = torch.rand(1)
+        mats.append(torch.cat(parts))
+        torch.manual_seed(5)
+        torch.randint(0, 2**62, (1,))
+        assert torch.equal(after, torch.rand(1))  # the global stream advanced by one draw on every rank
+    assert mats[0].shape == (11, D) and torch.equal(mats[0], mats[1]) and torch.equal(mats[0], mats[2])
+    assert mats[0][:4].std() > 0.005  # the head's own init (std 0.01), not zeros
+    monkeypatch.setattr(sh, "_rank_world", lambda group=None: (0, 1))
+    torch.manual_seed(5)
+    small = build_sharded("arcface", D, 4).weight.detach()  # within one block: the full head's own draw
+    torch.manual_seed(5)
+    assert torch.equal(small, build_head("arcface", D, 4).weight.detach())

@@ -253,6 +253,13 @@ def margin_plan(head: nn.Module) -> MarginPlan:
     )
 
 
+def check_shardable(head: nn.Module, sample_rate: float = 1.0) -> None:
+    """One-line errors, before any work, for a head that cannot be sharded or a bad sample rate."""
+    if not 0.0 < sample_rate <= 1.0:
+        raise LrfrError(f"--sample-rate {sample_rate}: must be in (0, 1] (1 = every class in every step)")
+    margin_plan(head)
+
+
 def _sample_seed(seed: int, step: int, rank: int) -> int:
     digest = hashlib.sha256(f"lrfr-classes:{int(seed)}:{int(step)}:{int(rank)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -270,8 +277,7 @@ class ShardedClassifier(nn.Module):
 
     def __init__(self, head: nn.Module, num_classes: int, *, sample_rate: float = 1.0, seed: int = 0, group: Any = None) -> None:
         super().__init__()
-        if not 0.0 < sample_rate <= 1.0:
-            raise LrfrError(f"--sample-rate {sample_rate}: must be in (0, 1] (1 = every class in every step)")
+        check_shardable(head, sample_rate)
         self.plan = margin_plan(head)
         self.group = group
         self.rank, self.world_size = _rank_world(group)
@@ -430,16 +436,39 @@ class ShardedClassifier(nn.Module):
         return self.head.load_state_dict(state, strict=strict, assign=assign)
 
 
+#: Classes per initialisation block (65,536 × 512 fp32 = 128 MB at most, built one at a time).
+INIT_BLOCK = 65536
+
+
 def build_sharded(name: str, embedding_size: int, num_classes: int, *, sample_rate: float = 1.0, seed: int = 0, group: Any = None, **kwargs: Any) -> ShardedClassifier:
-    """``build_head(name, ...)`` for this rank's classes only, wrapped: the full matrix is never
-    allocated. The initial weights follow the head's own initialisation (each rank draws its block)."""
+    """``build_head(name, ...)`` sharded, without ever allocating the full matrix on a rank.
+
+    The initial matrix does not depend on the number of ranks: up to :data:`INIT_BLOCK` classes it
+    is the full head's own draw from the global RNG (so one process, sharded or not, starts where
+    ``--classifier full`` does); beyond, block ``k`` of ``INIT_BLOCK`` classes is the head's own
+    initialisation under a seed derived from one draw of the global RNG and ``k``, and each rank
+    builds only the blocks that overlap its range. The global RNG advances the same on every rank.
+    """
     from . import build_head
 
     rank, world = _rank_world(group)
     if num_classes < 2 * world:
         raise LrfrError(f"--classifier sharded: {num_classes} classes over {world} ranks leaves fewer than 2 per rank; use --classifier full")
+    if num_classes <= INIT_BLOCK:
+        return ShardedClassifier(build_head(name, embedding_size, num_classes, **kwargs), num_classes, sample_rate=sample_rate, seed=seed, group=group)
     lo, hi = class_range(num_classes, rank, world)
-    head = build_head(name, embedding_size, hi - lo, **kwargs)
+    base = int(torch.randint(0, 2**62, (1,)))
+    with torch.random.fork_rng(devices=[]):
+        head = build_head(name, embedding_size, hi - lo, **kwargs)
+        rows = []
+        for k in range(lo // INIT_BLOCK, (hi - 1) // INIT_BLOCK + 1):
+            c0, c1 = k * INIT_BLOCK, min((k + 1) * INIT_BLOCK, num_classes)
+            torch.manual_seed(base + k)
+            block = build_head(name, embedding_size, c1 - c0, **kwargs).weight.detach()
+            rows.append(block[max(lo, c0) - c0 : min(hi, c1) - c0])
+            del block
+        with torch.no_grad():
+            head.weight.copy_(torch.cat(rows))
     return ShardedClassifier(head, num_classes, sample_rate=sample_rate, seed=seed, group=group)
 
 
@@ -499,13 +528,43 @@ def shard_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimize
     return out
 
 
+def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float, shards: Iterable[ShardedClassifier]) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` of the *whole* model when class weights are sharded.
+
+    Each rank sees only its shard's gradient, so a local norm differs between ranks and so would
+    the clip factor (the backbone replicas would drift apart). Here the shards' squared norms are
+    summed over ranks, the replicated parameters' (identical after DDP) counted once: every rank
+    gets the unsharded model's norm and scales by the same ``max_norm / (norm + 1e-6)`` (≤ 1).
+    """
+    shards = list(shards)
+    sharded = {id(m.weight) for m in shards}
+    group = next((m.group for m in shards), None)
+    with_grad = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in with_grad]
+    own = [p.grad for p in with_grad if id(p) in sharded]
+    rep = [p.grad for p in with_grad if id(p) not in sharded]
+    dev = grads[0].device if grads else torch.device("cpu")
+    rep_sq = sum(((g.detach().float() ** 2).sum() for g in rep), torch.zeros((), device=dev))
+    own_sq = sum(((g.detach().float() ** 2).sum() for g in own), torch.zeros((), device=dev))
+    if _dist_on(group):
+        _all_reduce(own_sq, dist.ReduceOp.SUM, group, "all_reduce shard grad norm")
+    total = torch.sqrt(rep_sq + own_sq)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.detach().mul_(coef.to(g.dtype))
+    return total
+
+
 __all__ = [
     "COMM",
+    "INIT_BLOCK",
     "CommLog",
     "MarginPlan",
     "ShardedClassifier",
     "build_sharded",
+    "check_shardable",
     "class_range",
+    "clip_grad_norm_",
     "gather_optimizer_state",
     "margin_plan",
     "mark_ddp_ignored",
