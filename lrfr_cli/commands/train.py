@@ -36,6 +36,7 @@ from ..losses import (
     heads,
     parse_loss_opts,
 )
+from ..losses.sharded import build_sharded, check_shardable
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
 from ..protocols.lfw import validation_pairs
 from ..workspace import fingerprint_file
@@ -77,6 +78,8 @@ def train(
     lr_sizes: str = typer.Option(",".join(map(str, DEFAULT_LR_SIZES)), "--lr-sizes", help="CRB: heights in pixels the LR versions are down-sampled to (one drawn per sample), e.g. 8,12,16,20."),
     crb_mode: str = typer.Option("copies", "--crb-mode", help=f"CRB mode: {CRB_MODE_HELP}"),
     lr_prob: float = typer.Option(0.5, "--lr-prob", help="CRB split mode: the share of each batch replaced by LR versions (0..1)."),
+    classifier: str = typer.Option("full", "--classifier", help="Class weights: full (every process holds all of them; DDP all-reduces their gradient) or sharded (under torchrun each process holds 1/N of the classes and embeddings are all-gathered: for 100k+ identities; margin losses only). Checkpoints hold the full matrix either way."),
+    sample_rate: float = typer.Option(1.0, "--sample-rate", help="--classifier sharded: share of each process's classes in each step's softmax (negative class sampling as in Partial FC; the batch's own classes are always kept). 1 = the exact softmax."),
     quality: str | None = typer.Option(None, "--quality", help=f"approach2's image quality (same as --loss-opt quality=VALUE): {QUALITY_HELP}"),
     embedding_size: int = typer.Option(512, "--embedding-size", min=2, help="Embedding dimension."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun auto picks cuda:LOCAL_RANK)."),
@@ -105,6 +108,11 @@ def train(
         if value.lower() not in allowed:
             raise LrfrError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
     backbone, loss, optimizer, schedule, sampler = backbone.lower(), loss.lower(), optimizer.lower(), schedule.lower(), sampler.lower()
+    classifier = classifier.lower()
+    if classifier not in ("full", "sharded"):
+        raise LrfrError(f"unknown --classifier {classifier!r}; choose one of: full, sharded")
+    if classifier == "full" and sample_rate != 1.0:
+        raise LrfrError("--sample-rate needs --classifier sharded (the full classifier uses every class in every step)")
     head_kw: dict[str, Any] = parse_loss_opts(loss, loss_opt or [])
     if quality is not None:
         try:
@@ -136,7 +144,10 @@ def train(
 
     ts = resolve_training_data(data, data_root, ws.root, allow_outside_root=allow_outside_root)
     pairs = validation_pairs(val_pairs, val_root) if val_pairs else None
-    build_head(loss, embedding_size, ts.num_classes, **head_kw)  # fail on bad options before claiming the run
+    # fail on bad options before claiming the run (sharded: a 2-class probe, the full matrix may not fit)
+    probe = build_head(loss, embedding_size, 2 if classifier == "sharded" else ts.num_classes, **head_kw)
+    if classifier == "sharded":
+        check_shardable(probe, sample_rate)
     cfg = LoopConfig(
         global_batch=batch_size,
         epochs=epochs,
@@ -179,6 +190,8 @@ def train(
     config["crb"] = {"enabled": use_crb, "why": crb_reason(crb, crb_policy, loss), **(crb_cfg or {})}
     if task_opts != {"freeze_backbone": False, "head_lr_scale": 1.0}:
         config["task"] = task_opts  # only when changed: earlier runs keep their identity
+    if classifier == "sharded":  # only when sharded: earlier runs keep their identity
+        config["classifier"] = {"kind": "sharded", "sample_rate": sample_rate}
     options = {k: v for k, v in config.items() if k not in ("data", "images", "crb")}
     if crb_cfg:
         options["crb"] = crb_cfg  # only when on: runs without CRB keep their earlier identity
@@ -188,7 +201,10 @@ def train(
 
     def build_task(ts: TrainingSet) -> Task:
         model = build_backbone(backbone, embedding_size)
-        head = build_head(loss, embedding_size, ts.num_classes, **head_kw)
+        if classifier == "sharded":
+            head = build_sharded(loss, embedding_size, ts.num_classes, sample_rate=sample_rate, seed=seed, **head_kw)
+        else:
+            head = build_head(loss, embedding_size, ts.num_classes, **head_kw)
         transforms = [CrossResolutionBatches(**crb_cfg)] if crb_cfg else []
         return ClassifierTask(model, head, transforms=transforms, **task_opts)
 

@@ -30,10 +30,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.samplers import batches_per_epoch, build_sampler
 from ..errors import LrfrError
+from ..losses.sharded import (
+    clip_grad_norm_,
+    gather_optimizer_state,
+    mark_ddp_ignored,
+    shard_optimizer_state,
+    sharded_modules,
+)
 from ..workspace import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import autocast, grad_scaler
-from .distributed import DistInfo, all_reduce_mean, barrier
+from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object
 from .optim import LRSchedule, build_optimizer
 from .seed import rng_state, set_rng_state
 from .tasks import Batch, ClassifierTask, StepContext, StepOutput, Task
@@ -187,6 +194,9 @@ def fit(
     if cfg.channels_last:
         task.to(memory_format=torch.channels_last)
     modules = task.checkpoint_modules()
+    # Sharded class weights (--classifier sharded): saving gathers them (and their optimiser
+    # state) to rank 0, so every rank takes part in a checkpoint; loading slices each rank's range.
+    shards = [m for mod in modules.values() for _, m in sharded_modules(mod)]
     groups = task.param_groups(cfg.weight_decay)
     optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
     group_options = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
@@ -214,7 +224,7 @@ def fit(
                 f"{last_path}: its optimiser has {n_saved} parameter group(s), this task {len(optimizer.param_groups)} "
                 "(a frozen/unfrozen part changed); start the run over with --force"
             )
-        optimizer.load_state_dict(ck["optimizer"])
+        optimizer.load_state_dict(shard_optimizer_state(ck["optimizer"], optimizer, shards) if shards else ck["optimizer"])
         # The state (momenta) continues; the hyper-parameters are this command's (--resume --force
         # with a new --weight-decay or --momentum takes effect), identical on a plain resume.
         for g, opts in zip(optimizer.param_groups, group_options):
@@ -233,16 +243,20 @@ def fit(
 
     net: nn.Module = task
     if info.is_distributed:
+        mark_ddp_ignored(task)  # each rank's shard is its own: DDP must not broadcast or average it
         net = nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
 
     def checkpoint(path: Path, ep: int, bie: int) -> None:
-        if not main:
+        if not main and not shards:
             return
         state: dict[str, Any] = {name: _unwrap_state(mod) for name, mod in modules.items()}
+        opt_state = gather_optimizer_state(optimizer, shards) if shards else optimizer.state_dict()
+        if not main:
+            return
         state.update(
-            optimizer=optimizer.state_dict(),
+            optimizer=opt_state,
             scheduler=dict(schedule.state_dict(), step=step),
             scaler=scaler.state_dict() if scaler.is_enabled() else {},
             step=step,
@@ -259,6 +273,7 @@ def fit(
         if validation is None:
             return None
         res = None
+        improved = False
         if main:
             res = validation.run(task)
             if validation.metric not in res:
@@ -268,7 +283,11 @@ def fit(
                 fh.write(json.dumps({"step": step, "epoch": ep, **res}) + "\n")
             if validation.better(res[validation.metric], best):
                 best = {"metric": validation.metric, validation.metric: res[validation.metric], "step": step, "epoch": ep}
-                checkpoint(ckpt_dir / BEST, ep, per_epoch)
+                improved = True
+                if not shards:
+                    checkpoint(ckpt_dir / BEST, ep, per_epoch)
+        if shards and broadcast_object(improved):
+            checkpoint(ckpt_dir / BEST, ep, per_epoch)  # a collective: every rank joins
         barrier()
         return res
 
@@ -331,7 +350,10 @@ def fit(
             scaler.scale(loss).backward()
             if cfg.clip_grad:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                if shards:  # the norm of the whole model, shards summed over ranks
+                    clip_grad_norm_(params, cfg.clip_grad, shards)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             step += 1

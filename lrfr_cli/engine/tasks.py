@@ -227,6 +227,8 @@ class ClassifierTask(Task):
             batch = t(batch, ctx)
         emb = self.model(ctx.prepare(batch["images"]))
         fields = self.head_fields(batch, ctx)
+        if getattr(self.head, "sample_rate", 1.0) < 1.0:  # a sharded head samples classes from the step's stream
+            fields["generator"] = ctx.generator
         loss = self.head.loss(emb, batch["labels"], batch.get("margin"), **fields)
         # A head's own named values (e.g. AdaFace's norm statistics, a mean margin) are logged
         # beside the loss; they must have the same names at every step.
