@@ -29,6 +29,7 @@ from lrfr_cli.losses.sharded import (
     ShardedClassifier,
     build_sharded,
     class_range,
+    clip_grad_norm_,
     gather_optimizer_state,
     mark_ddp_ignored,
     shard_optimizer_state,
@@ -168,6 +169,7 @@ def _worker(rank: int, world: int, port: int, c: int, out_dir: str) -> None:
             opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
             loss, emb = ddp(p["x"][rows], p["labels"][rows], _fields(name, p, rows))
             loss.backward()  # DDP averages the backbone gradient; the shard's stays local
+            norm = clip_grad_norm_(list(net.parameters()), 1e9, [sc])  # the whole model's norm; no clipping
             opt.step()
             momentum = gather_optimizer_state(opt, [sc])
             sliced = shard_optimizer_state(momentum, opt, [sc]) if rank == 0 else None
@@ -177,6 +179,7 @@ def _worker(rank: int, world: int, port: int, c: int, out_dir: str) -> None:
                 "bb_grad": backbone.weight.grad.clone(),
                 "emb_grad": emb.grad.clone(),
                 "w_grad": sc.weight.grad.clone(),
+                "norm": norm,
                 "buffers": {k: v.clone() for k, v in sc.head.named_buffers()},
                 "momentum": momentum["state"],
                 "sliced_ok": None if sliced is None else _sliced_ok(sliced, opt, sc),
@@ -245,6 +248,8 @@ def test_two_ranks_equal_the_unsharded_head(two_ranks, name):
         torch.testing.assert_close(got["w_grad"], ref["w_grad"][lo:hi], rtol=0, atol=_tol(ref["w_grad"], n_terms))
         for k, v in ref["buffers"].items():  # AdaFace: one EMA step of the global batch, on every rank
             torch.testing.assert_close(got["buffers"][k], v, rtol=4 * EPS, atol=0)
+        want = torch.sqrt(ref["bb_grad"].square().sum() + ref["w_grad"].square().sum())
+        assert float(got["norm"]) == pytest.approx(float(want), abs=_tol(want, n_terms))
     # momentum gathered to the full matrix on rank 0 (after one step = the full gradient + wd 0)
     m0 = next(iter(v["momentum_buffer"] for v in res[0][name]["momentum"].values() if v["momentum_buffer"].shape[0] == c))
     torch.testing.assert_close(m0, ref["momentum"], rtol=0, atol=_tol(ref["momentum"], n_terms))
@@ -429,3 +434,18 @@ def test_initial_matrix_does_not_depend_on_the_number_of_ranks(monkeypatch):
     small = build_sharded("arcface", D, 4).weight.detach()  # within one block: the full head's own draw
     torch.manual_seed(5)
     assert torch.equal(small, build_head("arcface", D, 4).weight.detach())
+
+
+def test_clip_grad_norm_in_one_process_is_torchs():
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), ShardedClassifier(build_head("cosface", 4, 6), 6)
+    grads = [torch.randn_like(p) for p in (*a.parameters(), *b.parameters())]
+    params = [*a.parameters(), *b.parameters()]
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, q, g in zip(params, twins, grads):
+        p.grad, q.grad = g.clone(), g.clone()
+    n1 = clip_grad_norm_(params, 0.5, [b])
+    n2 = torch.nn.utils.clip_grad_norm_(twins, 0.5)
+    assert float(n1) == pytest.approx(float(n2), rel=1e-6) and float(n2) > 0.5  # it did clip
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
