@@ -17,7 +17,7 @@ same, so each test:
    written by another lrfr process") and finish with a complete artifact that kept the killed
    run's finished work.
 
-The orphans are killed afterwards. With the old ``flock`` lock step 4 failed for train and eval
+The orphans are killed afterwards. With the old ``flock`` lock step 4 failed for train, finetune and eval
 (their DataLoader workers are forked and shared the lock); degrade/align spawn theirs.
 """
 
@@ -192,6 +192,25 @@ def test_train_kill9_rerun_resumes(cli, tmp_path):
     with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path):
         assert _manifest(run)["status"] == "running"
         r = cli(ws, *args, "--json")  # the identical command resumes an interrupted run
+        _accepted(r)
+    assert r.json()["resumed_from"] is not None and r.json()["resumed_from"] >= 2
+    assert r.json()["steps"] == 12 and _manifest(run)["status"] == "complete"
+
+
+def test_finetune_kill9_rerun_resumes(cli, tmp_path):
+    """``finetune`` runs on the same training seam (lock, then DataLoader workers): same contract."""
+    faces = make_identity_faces(tmp_path / "faces", 3, 8, seed=1, noise=25.0)
+    ws = tmp_path / "ws"
+    parent = ["train", "--data", str(faces), "--backbone", "tiny", "--embedding-size", "32", "--loss", "softmax",
+              "--batch-size", "4", "--max-steps", "2", "--workers", "0", "--device", "cpu", "--threads", "1", "--run", "p"]
+    assert cli(ws, *parent).exit_code == 0
+    run = ws / "runs" / "f"
+    args = ["finetune", "--method", "siamese", "--from", "runs/p", "--data", str(faces), "--p", "2", "--k", "4",
+            "--max-steps", "12", "--checkpoint-every", "2", "--log-every", "1", "--workers", "1", "--device", "cpu",
+            "--threads", "1", "--run", "f"]
+    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path):
+        assert _manifest(run)["status"] == "running"
+        r = cli(ws, *args, "--json")
         _accepted(r)
     assert r.json()["resumed_from"] is not None and r.json()["resumed_from"] >= 2
     assert r.json()["steps"] == 12 and _manifest(run)["status"] == "complete"
