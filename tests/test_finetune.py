@@ -441,3 +441,93 @@ def test_every_method_step_is_finite_on_a_batch_of_pk_identities():
         out.loss.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.model.parameters()), method
 
+
+
+# ----------------------------------------------------------------------------- resume and DDP (slow)
+def _ckpt_weights(ws: Path, run: str) -> dict[str, torch.Tensor]:
+    ck = torch.load(ws / "runs" / run / "checkpoints" / "last.pt", weights_only=True)
+    out = {f"model.{k}": v for k, v in ck["model"].items()}
+    out.update({f"head.{k}": v for k, v in ck["head"].items()})
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_finetune_then_same_command_resumes_to_the_uninterrupted_weights(cli, parent, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ws0, faces = parent
+    lrfr = str(Path(sys.executable).parent / "lrfr")
+    args = ["finetune", "--method", "derivenet", "--from", str(ws0 / "runs" / "parent" / "checkpoints" / "last.pt"), "--backbone", "tiny",
+            "--data", str(faces), "--p", "2", "--k", "4", "--max-steps", "30", "--checkpoint-every", "5", "--log-every", "1",
+            "--workers", "0", "--device", "cpu", "--threads", "1", "--run", "r"]
+    ref, ws = tmp_path / "ref", tmp_path / "ws"
+    r = cli(ref, *args)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    proc = subprocess.Popen([lrfr, "-w", str(ws), "--quiet", *args], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = ws / "runs" / "r" / "metrics.jsonl"
+    deadline, killed = time.time() + 240, None
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if ln.strip()]
+            if steps and steps[-1] >= 10:
+                proc.send_signal(signal.SIGKILL)
+                killed = steps[-1]
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed is not None and proc.returncode == -signal.SIGKILL
+    r = cli(ws, *args, "--json")  # the same command, no --resume: an interrupted run resumes
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.json()["resumed_from"] is not None and 5 <= r.json()["resumed_from"] < 30 and r.json()["steps"] == 30
+    a, b = _ckpt_weights(ws, "r"), _ckpt_weights(ref, "r")
+    assert a.keys() == b.keys()
+    for k in a:  # same arithmetic in the same order (one thread): equal up to fp32 noise
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 31))
+
+
+@pytest.mark.slow
+def test_ddp_two_process_octuplet_finetune_equals_one_process(cli, tmp_path):
+    """sphere20 (no BatchNorm, whose per-process statistics would rightly differ); P×K = 2×2 over
+    2 ranks, so each rank holds one identity and mining needs the other rank's embeddings."""
+    import os
+    import subprocess
+    import sys
+
+    from test_train_resume_ddp import _assert_same_updates
+
+    faces = make_identity_faces(tmp_path / "faces", identities=3, per=4, seed=2, noise=25.0)
+    torch.manual_seed(0)
+    ext = tmp_path / "parent.pt"
+    torch.save(build_backbone("sphere20", 64).state_dict(), ext)
+    lrfr = str(Path(sys.executable).parent / "lrfr")
+    args = ["finetune", "--method", "octuplet", "--id-weight", "1", "--from", str(ext), "--backbone", "sphere20", "--data", str(faces),
+            "--identities-per-batch", "2", "--images-per-identity", "2", "--max-steps", "3", "--lr", "0.01", "--log-every", "1", "--workers", "0", "--device", "cpu",
+            "--threads", "1", "--run-name", "d"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = cli(one, *args)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", lrfr, "-w", str(two), "--json", *args],
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    out = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
+    assert out["world_size"] == 2 and out["steps"] == 3
+    # Start: the parent's weights and the seeded fresh head (the same command at lr 1e-30 for 1 step).
+    start_ws = tmp_path / "start"
+    r = cli(start_ws, *[a if a != "0.01" else "1e-30" for a in args[:-2]], "--max-steps", "1", "--run-name", "d")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    w1, w2, w0 = _ckpt_weights(one, "d"), _ckpt_weights(two, "d"), _ckpt_weights(start_ws, "d")
+    _assert_same_updates(w2, w1, w0, steps=3)
+    moved = sum(float((w1[k].double() - w0[k].double()).norm()) ** 2 for k in w1 if w1[k].is_floating_point()) ** 0.5
+    assert moved > 1e-4, "the runs must move the weights, or comparing their updates proves nothing"
+    l1 = [json.loads(ln)["loss"] for ln in (one / "runs" / "d" / "metrics.jsonl").read_text().splitlines()]
+    l2 = [json.loads(ln)["loss"] for ln in (two / "runs" / "d" / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(l2, l1, rtol=1e-4)
