@@ -516,7 +516,7 @@ def test_ddp_two_process_octuplet_finetune_equals_one_process(cli, tmp_path):
     r = cli(one, *args)
     assert r.exit_code == 0, r.stdout + r.stderr
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", lrfr, "-w", str(two), "--json", *args],
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=400)
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=400, check=False)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     out = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
     assert out["world_size"] == 2 and out["steps"] == 3
