@@ -96,12 +96,24 @@ def train(
     val_root: Path | None = typer.Option(None, "--val-root", help="Image root of --val-pairs (default: lfw-deepfunneled/ beside the pairs file). Non-112-px images are centre-cropped."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of this process (0 = torch's default, all cores). On cores shared with other jobs, 1 can be many times faster: busy cores stall multi-threaded kernels."),
     log_every: int = typer.Option(10, "--log-every", min=1, help="Write a metrics.jsonl line (mean loss and loss terms) every N steps."),
+    # --- super-resolution (--task sr; lrfr_cli/sr/recipe.py) ---
+    task: str = typer.Option("classify", "--task", help="classify: a face-embedding backbone with a margin loss; sr: a face super-resolution network (LR made on the fly at --lr-sizes, validated by PSNR/SSIM on the list's val.txt; use e.g. --optimizer adamw --lr 1e-3)."),
+    arch: str = typer.Option("srcnn", "--arch", help="--task sr: network, srcnn (3 layers, fast on a CPU) or srresnet (SRGAN's generator; allows --adversarial/--perceptual)."),
+    sr_loss: str = typer.Option("l1", "--sr-loss", help="--task sr: content loss between SR and HR faces, l1 or mse."),
+    perceptual: str | None = typer.Option(None, "--perceptual", help="--task sr --arch srresnet: runs/RUN of a recognition model whose frozen embedding keeps SR faces' identity (loss 1 - cos)."),
+    perceptual_weight: float = typer.Option(0.1, "--perceptual-weight", min=0.0, help="--task sr: weight of the --perceptual loss."),
+    adversarial: float = typer.Option(0.0, "--adversarial", min=0.0, help="--task sr --arch srresnet: weight of the SRGAN adversarial loss (0 = off; the paper uses 1e-3)."),
+    disc_lr_scale: float = typer.Option(1.0, "--disc-lr-scale", min=0.0, help="--task sr: the discriminator's learning rate is --lr times this."),
+    sr_val_images: int = typer.Option(256, "--sr-val-images", min=1, help="--task sr: held-out faces of the list's val.txt scored after each epoch (spread over the file)."),
+    sr_patch: int = typer.Option(48, "--sr-patch", min=0, help="--task sr: train on random windows of this many pixels cut from the LR input and HR target (0 = whole faces; --perceptual needs 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt (an error if there is none). Re-running an interrupted run's identical command also resumes; add --force to resume with changed options (e.g. a lower --lr)."),
     force: bool = typer.Option(False, "--force", help="Start the run over, replacing a run of that name made with other options (with --resume: keep its checkpoint and continue with the new options)."),
 ) -> None:
     """Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."""
     st = state()
     ws = workspace()
+    if task.lower() not in ("classify", "sr"):
+        raise LrfrError(f"unknown --task {task!r}; choose one of: classify, sr")
     choices = {"backbone": (backbone, BACKBONES), "loss": (loss, heads()), "optimizer": (optimizer, OPTIMIZERS),
                "schedule": (schedule, SCHEDULES), "sampler": (sampler, tuple(SAMPLERS))}
     for what, (value, allowed) in choices.items():
@@ -170,6 +182,16 @@ def train(
         log_every=log_every,
         workers=workers,
     )
+    if task.lower() == "sr":  # super-resolution: options and run built in lrfr_cli/sr/recipe.py
+        from ..sr.recipe import SROptions, sr_summary, sr_training_run
+
+        sr_opts = SROptions(arch, tuple(parse_sizes(lr_sizes)), sr_loss.lower(), perceptual, perceptual_weight, adversarial, disc_lr_scale, sr_val_images, sr_patch)
+        sr_spec = sr_training_run(ts=ts, cfg=cfg, name=run_name or f"sr-{arch.lower()}", opts=sr_opts, ws_root=ws.root, device=dev,
+                                  cache=cache, resume=resume, force=force, threads=threads)
+        sr_out = run_training(ws, sr_spec, dev, progress=st.progress if st.show_progress else None)
+        if sr_out.is_main:
+            st.summary(*sr_summary(sr_out))
+        return
     task_opts = {"freeze_backbone": freeze_backbone, "head_lr_scale": head_lr_scale}
     config: dict[str, Any] = {
         "backbone": backbone,
