@@ -7,17 +7,29 @@ Part 1 — training images/s on synthetic 112×112 data, same model/head/batch i
     for the loss and its named terms, per-group LR schedule, metrics) in fp32, and on CUDA additionally
     bf16 + channels_last (+ --compile). Reported: img/s, ratio to the baseline, and on CUDA the MFU
     (model FLOPs from torch.utils.flop_counter / --peak-tflops).
-Part 2 — data loading images/s over celeba_subset: decoding the JPEG folder vs the packed uint8
+Part 2 — the low-resolution recipes' cost, for the first model, through the same `fit` loop:
+  * arcface without CRB (the same loop as "lrfr fp32" of part 1: its row there is this run);
+  * arcface with Cross-Resolution Batches, mode copies (the task sees 2·batch images);
+  * approach2 with CRB copies (Laplacian quality of all 2·batch images, inside the head).
+  Reported per recipe: the median step time and, measured *inside* the step by timers around the
+  stage (not by subtracting noisy totals), the share of the step spent in the CRB transform
+  (`degrade_batch` + mixing) and in `laplacian_quality`. Issue 10's targets: CRB <= 10 %,
+  quality <= 2 % of the step. On CUDA the device is synchronised around each timed stage.
+Part 3 — data loading images/s over celeba_subset: decoding the JPEG folder vs the packed uint8
 memmap (`--cache`), same workers and batch.
 
 Usage: python benchmarks/train.py [--device cpu|cuda] [--batch-size N] [--steps N] [--models ir50,mobilefacenet]
+       [--lr-sizes 8,12,16,20,24] [--no-recipes]
 CPU defaults are small (batch 8, 2 timed steps) so the run ends in < 3 minutes on 2 cores;
-on CUDA the default batch is 128. LRFR_DATA must point at the shared data for part 2.
+on CUDA the default batch is 128. Issue 10's figures: --models mobilefacenet --batch-size 128
+--threads 1 (about 10 minutes on 2 shared cores). LRFR_DATA must point at the shared data for part 3.
+Print `uptime` with every figure: on shared cores the load moves the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -32,6 +44,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+import lrfr_cli.data.crb as crb_module
+import lrfr_cli.losses.approach as approach_module
 from lrfr_cli.data.cache import CachedDataset, build_cache
 from lrfr_cli.data.datasets import (
     EpochBatchSampler,
@@ -41,6 +55,7 @@ from lrfr_cli.data.datasets import (
 )
 from lrfr_cli.engine import dist_info, resolve_device
 from lrfr_cli.engine.loop import ClassifierTask, LoopConfig, fit
+from lrfr_cli.engine.tasks import CrossResolutionBatches
 from lrfr_cli.losses import build_head
 from lrfr_cli.models import build_backbone
 
@@ -96,6 +111,71 @@ def ours(model_name: str, batch: int, steps: int, warmup: int, dev: torch.device
     return statistics.median(rates[warmup:])
 
 
+class StageTimer:
+    """Wall time of named stages inside each training step.
+
+    ``wrap(name, fn)`` times every call of ``fn`` (synchronising CUDA before and after, so the
+    time is the stage's own); ``step`` is fit()'s progress callback, called once when the loop
+    starts and once after every optimiser step: it closes the step's wall time and its stage sums.
+    """
+
+    def __init__(self, dev: torch.device) -> None:
+        self.dev = dev
+        self.current: dict[str, float] = collections.defaultdict(float)
+        self.stages: list[dict[str, float]] = []
+        self.steps: list[float] = []
+        self._t: float | None = None
+
+    def wrap(self, name: str, fn):  # type: ignore[no-untyped-def]
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            sync(self.dev)
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync(self.dev)
+            self.current[name] += time.perf_counter() - t
+            return out
+
+        return timed
+
+    def step(self, advance: int = 0, total: int | None = None, **info) -> None:  # type: ignore[no-untyped-def]
+        sync(self.dev)
+        now = time.perf_counter()
+        if total is None and self._t is not None:
+            self.steps.append(now - self._t)
+            self.stages.append(dict(self.current))
+        self.current.clear()
+        self._t = now
+
+
+RECIPES = (("arcface", False), ("arcface", True), ("approach2", True))
+
+
+def recipe_cost(model_name: str, loss: str, crb: bool, lr_sizes: list[int], batch: int, steps: int, warmup: int, dev: torch.device) -> dict[str, float]:
+    """Median step time and the median per-step share of the CRB transform, ``degrade_batch`` and
+    ``laplacian_quality`` for one recipe (fp32, CRB mode copies)."""
+    timer = StageTimer(dev)
+    torch.manual_seed(0)
+    transforms = [timer.wrap("crb", CrossResolutionBatches(lr_sizes, mode="copies"))] if crb else []
+    task = ClassifierTask(build_backbone(model_name), build_head(loss, 512, CLASSES), transforms=transforms)
+    cfg = LoopConfig(global_batch=batch, max_steps=warmup + steps, lr=0.01, schedule="constant",
+                     checkpoint_every=10**9, log_every=1, workers=0)
+    # Time the library's own functions where the step calls them (module attributes), then restore.
+    saved = (crb_module.degrade_batch, approach_module.laplacian_quality)
+    crb_module.degrade_batch = timer.wrap("degrade", crb_module.degrade_batch)
+    approach_module.laplacian_quality = timer.wrap("quality", approach_module.laplacian_quality)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fit(task, Synthetic(batch * (warmup + steps)), cfg, Path(tmp), device=dev, info=dist_info(), config={}, progress=timer.step)
+    finally:
+        crb_module.degrade_batch, approach_module.laplacian_quality = saved
+    steps_s = timer.steps[warmup:]
+    out = {"step_s": statistics.median(steps_s), "img_s": batch / statistics.median(steps_s)}
+    for name in ("crb", "degrade", "quality"):
+        out[f"{name}_s"] = statistics.median(st.get(name, 0.0) for st in timer.stages[warmup:])
+        out[f"{name}_share"] = statistics.median(st.get(name, 0.0) / s for st, s in zip(timer.stages[warmup:], steps_s))
+    return out
+
+
 def train_flops(model_name: str, dev: torch.device) -> float:
     """FLOPs of one forward+backward of one image (counted on a batch of 2)."""
     model = build_backbone(model_name).to(dev)
@@ -130,6 +210,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--loader-batches", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default); 1 is steadier on shared cores")
+    ap.add_argument("--lr-sizes", default="16", help="CRB heights for part 2, e.g. 8,12,16,20,24 (default 16, as lrfr train)")
+    ap.add_argument("--no-recipes", action="store_true", help="skip part 2 (the recipes' cost)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,6 +234,18 @@ def main() -> None:
             mfu = f"{100 * tflops / args.peak_tflops:5.1f}%" if dev.type == "cuda" else "-"
             print(f"{name:<14} {label:<34} {rate:>9.1f} {rate / base:>11.2f}x {tflops:>8.3f} {mfu:>6}")
     print()
+    if not args.no_recipes:
+        name = args.models.split(",")[0]
+        sizes = [int(v) for v in args.lr_sizes.split(",")]
+        print(f"recipes: {name}, batch {batch} (CRB copies: the network sees {2 * batch} images), LR sizes {sizes}, fp32; "
+              "shares measured inside the step (targets: CRB <= 10 %, quality <= 2 %)")
+        print(f"{'recipe':<26} {'step s':>8} {'img/s':>8} {'CRB ms':>8} {'CRB %':>7} {'degrade %':>10} {'quality ms':>11} {'quality %':>10}")
+        for loss, crb in RECIPES:
+            r = recipe_cost(name, loss, crb, sizes, batch, args.steps, args.warmup, dev)
+            label = f"{loss}{' + CRB copies' if crb else ' (no CRB)'}"
+            print(f"{label:<26} {r['step_s']:>8.3f} {r['img_s']:>8.1f} {1e3 * r['crb_s']:>8.1f} {100 * r['crb_share']:>6.2f}% "
+                  f"{100 * r['degrade_share']:>9.2f}% {1e3 * r['quality_s']:>11.1f} {100 * r['quality_share']:>9.2f}%")
+        print()
     data = Path(os.environ.get("LRFR_DATA", "data")) / "celeba_subset" / "images"
     if not data.is_dir():
         print(f"loader part skipped: {data} not found (set LRFR_DATA)")
