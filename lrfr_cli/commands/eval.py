@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..data.degrade import METHOD_HELP, METHODS, parse_sizes
 from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
+from ..embed.extract import with_sr
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
@@ -99,6 +100,7 @@ def eval_cmd(
     noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std on the LR image (0..255), seeded per image path."),
     jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="JPEG quality of the LR image."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
+    sr: str = typer.Option("bicubic", "--sr", help="LFW: how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising."),
     channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, else rgb), rgb (insightface, ours) or bgr."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -153,6 +155,10 @@ def eval_cmd(
     else:
         plan = plan_tinyface(root, distractors=distractors)
 
+    sr_info, sr_aliases, sr_run = _super_resolution(sr, dataset, setting, size_list, ws.root, st)
+    if sr_run is not None:
+        plan.requests, sr_aliases = with_sr(plan.requests, sr_run)
+
     loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order)
     if loaded.input_size != 112:
         raise LrfrError(f"model input size {loaded.input_size}: eval supports 112x112 models")
@@ -178,11 +184,12 @@ def eval_cmd(
         with bar as progress:
             emb, stats = embed(loaded, plan.images, plan.requests, cache, flip=flip, device=dev, precision=prec,
                                batch_size=batch_size, workers=workers, progress=progress)
+    emb.aliases = sr_aliases
     t1 = time.time()
     results = plan.score(emb)
     t2 = time.time()
 
-    out_name = name or _output_name(dataset, setting, pairs, distances)
+    out_name = name or _output_name(dataset, setting, pairs, distances) + (f"-sr-{sr_info['run']}" if sr_run is not None else "")
     out_path = ws.root / "evals" / loaded.name / f"{out_name}.json"
     variants = sorted({v.describe() for v in plan.requests})
     record = EvalRecord.build(
@@ -192,7 +199,9 @@ def eval_cmd(
         model={**loaded.describe(), "flip": flip, "precision": prec},
         images=images_info,
         degradation={"method": method, "blur": blur, "noise": noise, "jpeg": jpeg, "seed": seed,
-                     "upsample": "bicubic back to the input size", "variants": variants},
+                     "upsample": "bicubic back to the input size", "variants": variants,
+                     **({"sr": sr_run.tag} if sr_run is not None else {})},
+        super_resolution=sr_info,
         sizes=sorted(int(k) for k in results) if dataset == "lfw" else None,
         results=results,
         embeddings={"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,
@@ -216,6 +225,24 @@ def eval_cmd(
 
     st.table(_table(dataset, doc))
     st.summary(_line(dataset, doc, out_path), doc)
+
+
+def _super_resolution(sr: str, dataset: str, setting: str, sizes: list[int], ws_root: Path, st: Any) -> tuple[dict[str, Any], dict[Any, Any], Any]:
+    """``--sr``: the record's ``super_resolution`` block and, for an SR run, its front end (one-line
+    errors for a recogniser given as --sr, a protocol without synthetic LR probes)."""
+    if sr.strip().lower() == "bicubic":
+        return {"method": "bicubic", "note": "LR probes up-sampled back to the input size by bicubic interpolation only"}, {}, None
+    if dataset != "lfw" or setting == "hr-hr":
+        what = "--setting hr-hr" if dataset == "lfw" else f"--dataset {dataset} (its probes are real LR images)"
+        raise LrfrError(f"--sr {sr}: super-resolution applies to LFW's degraded probes (--setting hr-lr or lr-lr), not to {what}")
+    from ..sr.infer import SRFront, load_sr_run
+
+    srm = load_sr_run(sr, ws_root)
+    outside = srm.sizes_outside_training(sizes)
+    if outside:
+        st.warn(f"--sr runs/{srm.name} was trained at {','.join(map(str, srm.sizes))} px; "
+                f"also applying it at {','.join(map(str, outside))} px (recorded as sizes_outside_training)")
+    return {**srm.describe(), "sizes_outside_training": outside}, {}, SRFront(srm.tag, srm.module)
 
 
 def _previous(path: Path) -> EvalRecord | None:
@@ -264,6 +291,8 @@ def _line(dataset: str, doc: dict[str, Any], out: Path) -> str:
     else:
         body = ", ".join(f"{k} rank-1 {100 * r['rank1']:.2f}%" + (f", mAP {100 * r['map']:.2f}%" if r.get("map") is not None else "") for k, r in res.items())
     e = doc["embeddings"]
+    sr = doc.get("super_resolution") or {}
+    body += f" (probes super-resolved by runs/{sr['run']})" if sr.get("run") else ""
     return (f"[green]evaluated[/green] {doc['model']['name']} on {dataset}: {body} "
             f"({e['computed']} embedded, {e['cached']} from cache, {doc['timings']['total_s']:.1f} s) → {out}")
 

@@ -63,12 +63,24 @@ class ImageSet(Protocol):
     def load(self, rel: str) -> np.ndarray: ...
 
 
+class SuperResolver(Protocol):
+    """A super-resolution front end (``lrfr eval --sr``): uint8 up-sampled LR faces → uint8 faces
+    on the same device; hashed and named by ``tag`` (its checkpoint's sha1), which goes into the
+    variant's cache name. See :class:`lrfr_cli.sr.infer.SRFront`."""
+
+    tag: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class Variant:
-    """How an image is presented: as loaded (``spec=None``) or degraded by ``spec``."""
+    """How an image is presented: as loaded (``spec=None``) or degraded by ``spec``, then
+    optionally super-resolved by ``sr`` (LR probes only; HR variants never carry one)."""
 
     spec: DegradeSpec | None = None
     seed: int = 0
+    sr: SuperResolver | None = None
 
     @property
     def name(self) -> str:
@@ -86,10 +98,13 @@ class Variant:
             parts.append(f"jpeg{s.jpeg}")
         if not s.upsample:
             parts.append("noup")
+        if self.sr is not None:
+            parts.append(self.sr.tag)
         return "_".join(parts)
 
     def describe(self) -> str:
-        return "as aligned (no degradation)" if self.spec is None else self.spec.describe()
+        text = "as aligned (no degradation)" if self.spec is None else self.spec.describe()
+        return text + (f", super-resolved by {self.sr.tag}" if self.sr is not None else "")
 
 
 @dataclass
@@ -139,8 +154,11 @@ class Embeddings:
     def __init__(self, cache: EmbeddingCache, flip: bool):
         self.cache = cache
         self.flip = flip
+        # eval --sr: the protocol's LR variants are looked up as their super-resolved versions
+        self.aliases: dict[Variant, Variant] = {}
 
     def get(self, variant: Variant, rels: list[str]) -> np.ndarray:
+        variant = self.aliases.get(variant, variant)
         e = torch.from_numpy(self.cache.get(variant.name, rels).astype(np.float32))
         ef = torch.from_numpy(self.cache.get(variant.name + ".flip", rels).astype(np.float32)) if self.flip else None
         s = e if ef is None else e + ef
@@ -243,6 +261,19 @@ def embed(
 
 
 def _apply(variant: Variant, x: torch.Tensor, rels: list[str]) -> torch.Tensor:
+    x = _degrade(variant, x, rels)
+    return variant.sr(x) if variant.sr is not None else x
+
+
+def with_sr(requests: dict[Variant, list[str]], sr: SuperResolver) -> tuple[dict[Variant, list[str]], dict[Variant, Variant]]:
+    """``requests`` with every degraded variant super-resolved by ``sr`` (HR variants unchanged,
+    so their cached embeddings are reused), and the map from the old variants to the new ones
+    (for :attr:`Embeddings.aliases`, so a protocol's ``score`` needs no change)."""
+    aliases = {v: Variant(v.spec, v.seed, sr) for v in requests if v.spec is not None}
+    return {aliases.get(v, v): rels for v, rels in requests.items()}, aliases
+
+
+def _degrade(variant: Variant, x: torch.Tensor, rels: list[str]) -> torch.Tensor:
     spec = variant.spec
     if spec is None or spec.size >= x.shape[-2] and not (spec.blur or spec.noise or spec.jpeg):
         return x

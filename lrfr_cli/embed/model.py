@@ -122,6 +122,10 @@ def _load_run(run_dir: Path, backbone: str | None, which: str, channel_order: st
         config = ckpt["config"]
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise LrfrError(f"{path}: not an lrfr run checkpoint (no 'model' entry)")
+    if config.get("kind", "recognition") != "recognition":  # a run knows its kind (SR runs: "sr")
+        kind = {"sr": "super-resolution"}.get(str(config["kind"]), str(config["kind"]))
+        raise LrfrError(f"runs/{run_dir.name} is a {kind} run, not a face recogniser: evaluate a recognition run "
+                        f"and pass this one as --sr runs/{run_dir.name}")
     bb = str(config.get("backbone") or backbone or "")
     if not bb:
         raise LrfrError(f"run {run_dir}: config.json names no backbone; pass --backbone")
