@@ -56,15 +56,16 @@ def main() -> None:
     ap.add_argument("--losses", default=",".join(LOSSES), help="comma-separated losses to train")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds; the table shows the mean over seeds")
     ap.add_argument("--backbone", default="tiny")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--lr", default="2e-3")
     ap.add_argument("--weight-decay", default="0.05")
     ap.add_argument("--lr-sizes", default="8,12,16,20,24", help="CRB: LR sizes drawn per sample")
-    ap.add_argument("--crb-mode", default="copies", choices=["copies", "split"])
+    ap.add_argument("--crb-mode", default="split", choices=["copies", "split"], help="CRB: split (the thesis seed's: a share of each batch replaced by LR versions) or copies (every image also as an LR copy: twice the work)")
+    ap.add_argument("--lr-prob", default="0.5", help="CRB split: share of each batch replaced by LR versions")
     ap.add_argument("--sizes", default=SIZES, help="LFW probe sizes (112 = HR)")
-    ap.add_argument("--align", default="mtcnn", choices=["mtcnn", "center-crop"], help="LFW alignment (mtcnn, as the training faces were made)")
+    ap.add_argument("--align", default="center-crop", choices=["mtcnn", "center-crop"], help="LFW alignment: center-crop (fixed warp from the median MTCNN landmarks; fast) or mtcnn (as the training faces were made; aligns LFW once)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--threads", default="1", help="torch threads per process for train (0 = torch's default)")
@@ -89,7 +90,7 @@ def main() -> None:
             name = f"{args.prefix}-{loss}-s{seed}"
             t0 = time.time()
             run([lrfr, "train", "--data", "lists/celeba", "--backbone", args.backbone, "--loss", loss, "--crb",
-                 "--lr-sizes", args.lr_sizes, "--crb-mode", args.crb_mode,
+                 "--lr-sizes", args.lr_sizes, "--crb-mode", args.crb_mode, "--lr-prob", args.lr_prob,
                  "--optimizer", args.optimizer, "--lr", args.lr, "--weight-decay", args.weight_decay,
                  "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(seed),
                  "--device", args.device, "--precision", args.precision, "--threads", args.threads,
@@ -122,7 +123,7 @@ def main() -> None:
     load1 = os.getloadavg()
     meta = (f"LFW View 2 HR–LR accuracy (%), 10 folds, mean ± std over folds"
             f"{' (mean over seeds ' + args.seeds + ')' if len(seeds) > 1 else ''}; "
-            f"{args.backbone}, {args.epochs} epochs × batch {args.batch_size} on celeba_subset, CRB {args.crb_mode} "
+            f"{args.backbone}, {args.epochs} epochs × batch {args.batch_size} on celeba_subset, CRB {args.crb_mode}{' ' + args.lr_prob if args.crb_mode == 'split' else ''} "
             f"at {args.lr_sizes} px, align {args.align}, device {args.device}; "
             f"wall {(time.time() - t_start) / 60:.1f} min; load average {load0[0]:.2f} before, {load1[0]:.2f} after")
     table = "\n".join(lines)
