@@ -60,6 +60,8 @@ class Journal:
     give a training set whose faces disagree). Use as a context manager.
     """
 
+    MAX_PENDING = 256  # lines held before an automatic flush
+
     def __init__(self, out_root: Path, config: dict[str, Any], *, quality: int = 92, fsync: bool = False) -> None:
         self.out_root = Path(out_root)
         self.path = self.out_root / JOURNAL
@@ -115,6 +117,8 @@ class Journal:
         entry = {"source": source, "reason": reason, "faces": [asdict(r) for r, _ in faces]}
         self._pending.append(json.dumps(entry) + "\n")
         self.entries[source] = entry
+        if len(self._pending) >= self.MAX_PENDING:  # callers without batches (passthrough) still flush
+            self.flush()
 
     def flush(self) -> None:
         """Append the buffered lines (their files already exist) and hand them to the OS."""

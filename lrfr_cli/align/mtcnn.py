@@ -4,10 +4,13 @@ facenet-pytorch's own ``MTCNN.detect`` accepts a batch, but its second and third
 resize every candidate box in a Python loop (one ``interpolate`` call per box, ~1,500 calls for
 32 LFW images), which costs more than the networks themselves on a CPU. This module runs the same
 three-stage cascade — same networks and weights, same pyramid, thresholds, NMS rules and box
-arithmetic — but resamples all candidate boxes of a batch at once: PyTorch's ``area``
-interpolation (adaptive average pooling) averages rectangles, which a summed-area table of the
-batch answers with four look-ups per output cell, for every box in one vectorised step. Results agree with ``facenet_pytorch.MTCNN.detect`` to float rounding
-(checked in ``tests/test_align_detect.py``), so alignments match data prepared with it.
+arithmetic — with every resampling answered by one summed-area table per image: PyTorch's
+``area`` interpolation (adaptive average pooling) averages rectangles, which the table gives
+with four look-ups per output cell, for the whole pyramid and for every candidate box of a batch
+at once. On a CPU the networks run in channels-last memory and the candidate boxes in
+cache-sized chunks. Results agree with ``facenet_pytorch.MTCNN.detect`` to float rounding
+(``test_batched_cascade_matches_facenet_pytorch`` in ``tests/test_align_geometry.py``), so
+alignments match data prepared with it.
 """
 
 from __future__ import annotations

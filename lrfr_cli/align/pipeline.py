@@ -62,8 +62,9 @@ class AlignResult:
     seconds: float = 0.0
     records: list[FaceRecord] = field(default_factory=list)
     mean_fit_error: float | None = None
-    # seconds per stage: decode (waiting for decoded photos), pyramid/refine/output (MTCNN's
-    # three stages), warp, write (encode + atomic file writes + journal), reports (the CSVs)
+    # seconds per stage: setup (loading MTCNN), decode (waiting for decoded photos), pnet/rnet/onet
+    # (MTCNN's three stages), warp, write (encode + atomic writes + journal + the final sync),
+    # reports (the CSVs)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
