@@ -10,7 +10,7 @@ export LRFR_DATA
 DEMO_WS ?= $(CURDIR)/lrfr-workspace
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench compare clean
+.PHONY: install test lint test-fast demo bench compare clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,8 +21,13 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
+# Lint first (pyflakes, import order, bugbear: config in pyproject.toml), then the suite.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
