@@ -101,6 +101,10 @@ def sr_training_run(
     if o.perceptual:
         from ..embed.model import resolve_model
 
+        spec = Path(o.perceptual).expanduser()
+        if not (spec.exists() or (not spec.is_absolute() and ((ws_root / spec).is_dir() or (ws_root / "runs" / spec).is_dir()))):
+            raise LrfrError(f"--perceptual {o.perceptual}: no such recognition run (looked in {ws_root / 'runs'}); "
+                            "train one with `lrfr train` first or give a checkpoint file")
         try:
             rec = resolve_model(o.perceptual, ws_root)
         except LrfrError as e:
