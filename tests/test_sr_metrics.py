@@ -40,7 +40,10 @@ def ref_psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def ref_ssim(a: np.ndarray, b: np.ndarray) -> float:
     x, y = ref_y(a), ref_y(b)
-    blur = lambda z: gaussian_filter(z, sigma=1.5, truncate=3.5)[5:-5, 5:-5]  # radius int(3.5*1.5+0.5) = 5: 11 taps
+
+    def blur(z: np.ndarray) -> np.ndarray:  # radius int(3.5*1.5+0.5) = 5: 11 taps, borders cut off
+        return gaussian_filter(z, sigma=1.5, truncate=3.5)[5:-5, 5:-5]
+
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my

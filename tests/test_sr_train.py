@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_sr_metrics import ref_psnr
 
 from lrfr_cli.data.degrade import DegradeSpec, degrade_array
 from lrfr_cli.data.images import load_rgb
-from lrfr_cli.engine.tasks import StepContext
+from lrfr_cli.engine.tasks import StepContext, step_seed
 from lrfr_cli.models import build_backbone
 from lrfr_cli.models.sr import SRCNN, Discriminator, SRResNet
 from lrfr_cli.sr.infer import load_sr_run, super_resolve
-from lrfr_cli.sr.task import SRTask
-from test_sr_metrics import ref_psnr
+from lrfr_cli.sr.task import SRTask, lr_inputs
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +116,6 @@ def test_srgan_losses_update_each_player_only_by_its_own_term() -> None:
 
     # reference: the two players' losses written out separately
     task.zero_grad(set_to_none=True)
-    from lrfr_cli.sr.task import lr_inputs
-    from lrfr_cli.engine.tasks import step_seed
-
     x = lr_inputs(hr, [16], step_seed(0, 0, 0)).float() / 255
     y = hr.float() / 255
     sr = task.net(x)
