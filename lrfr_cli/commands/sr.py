@@ -1,0 +1,92 @@
+"""Super-resolve a folder's faces with an SR run (writes sr/NAME/<size>px/ and a contact sheet)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from ..data.degrade import METHOD_HELP, METHODS, DegradeSpec
+from ..data.images import list_images, parse_exts
+from ..engine import resolve_device
+from ..errors import LrfrError
+from ..workspace import fingerprint_tree
+from ._common import handle_errors, resolve_input, state, workspace
+
+
+@handle_errors
+def sr_cmd(
+    src: Path = typer.Argument(..., help="Folder of aligned faces (any tree; mirrored), or a workspace artifact such as aligned/NAME. Non-112-px images are resized to 112."),
+    model: str = typer.Option(..., "--model", "-m", help="runs/SRRUN from `lrfr train --task sr` (a recognition run is refused)."),
+    size: int = typer.Option(16, "--size", "-s", min=1, max=111, help="LR height in pixels each face is degraded to (as `lrfr eval` degrades probes) before it is super-resolved."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output name: <workspace>/sr/NAME/<size>px/ and sr/NAME/contact_<size>px.png (default: SRC's folder name)."),
+    method: str = typer.Option("bicubic", "--method", help=f"Down-sampling filter of the LR faces. {METHOD_HELP}"),
+    sheet: int = typer.Option(8, "--sheet", min=0, help="Faces on the before/after contact sheet (LR input, bicubic, SR, HR; spread over the folder); 0 = none."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Faces per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = torch's default); 1 is often fastest on busy shared cores."),
+    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    force: bool = typer.Option(False, "--force", help="Redo a complete output; replace one made with another model or options."),
+) -> None:
+    """Super-resolve a folder's faces with an SR run (writes sr/NAME/<size>px/ and a contact sheet)."""
+    import torch
+
+    from ..sr.files import contact_sheet, super_resolve_tree
+    from ..sr.infer import load_sr_run
+
+    st = state()
+    ws = workspace()
+    if method not in METHODS:
+        raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    src = resolve_input(src, ws.root)
+    srm = load_sr_run(model, ws.root, flag="--model")
+    name = out or src.name
+    images = list_images(src, parse_exts(ext))
+    if not images:
+        raise LrfrError(f"{src}: no images found (looked for {', '.join(parse_exts(ext))} recursively)")
+    if srm.sizes_outside_training([size]):
+        st.warn(f"runs/{srm.name} was trained at {','.join(map(str, srm.sizes))} px; applying it at {size} px")
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    ws.ensure_writable()
+    rels = [p.relative_to(src).as_posix() for p in images]
+    spec = DegradeSpec(size=size, method=method)
+    art = ws.artifact("sr", name, f"{size}px")
+    options = {"sr": srm.describe() | {"validation": None}, "degradation": spec.to_dict(), "format": "png", "sheet": sheet}
+    t0 = time.time()
+    with art.run("sr", options, {"src": fingerprint_tree(src, images)}, force=force) as run:
+        sheet_path = art.path.parent / f"contact_{size}px.png"
+        if run.skipped:
+            c = run.counts
+            st.summary(f"[green]up to date[/green] sr/{name}/{size}px: {c.get('images')} faces (--force to redo)",
+                       {"command": "sr", "name": name, "size": size, "up_to_date": True, "path": str(art.path),
+                        "contact_sheet": str(sheet_path) if sheet_path.is_file() else None, **c})
+            return
+        with st.progress(f"super-resolve {size} px", total=len(rels)) as progress:
+            res = super_resolve_tree(src, rels, art.path, srm.module, spec, device=dev, batch=batch_size, progress=progress)
+        sheet_stats = None
+        if sheet:
+            pick = [rels[i] for i in np.unique(np.linspace(0, len(rels) - 1, min(sheet, len(rels))).round().astype(int))
+                    if rels[i] not in {r for r, _ in res.failures}]
+            if pick:
+                sheet_stats = contact_sheet(src, pick, srm.module, spec, sheet_path, device=dev,
+                                            title=f"runs/{srm.name} ({srm.arch}, trained at {','.join(map(str, srm.sizes))} px) on {src.name} at {size} px")
+        counts = {"images": len(rels), "written": res.written, "already_present": res.existing, "failed": len(res.failures),
+                  "failures": [f"{r}: {w}" for r, w in res.failures[:1000]], "contact_sheet": str(sheet_path) if sheet_stats else None,
+                  "sheet_psnr": sheet_stats}
+        run.record(**counts)
+    if res.failures:
+        st.warn(f"{len(res.failures)} image(s) could not be read and were skipped, e.g. {res.failures[0][0]}: {res.failures[0][1]}")
+    secs = time.time() - t0
+    where = f"; contact sheet → {sheet_path}" if sheet_stats else ""
+    st.summary(f"[green]super-resolved[/green] {res.written} faces at {size} px with runs/{srm.name} ({res.existing} already there, "
+               f"{len(res.failures)} failed) in {secs:.1f} s → {art.path}{where}",
+               {"command": "sr", "name": name, "size": size, "up_to_date": False, "path": str(art.path), "seconds": round(secs, 3), **counts})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sr")(sr_cmd)
