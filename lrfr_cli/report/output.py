@@ -20,6 +20,17 @@ from ..workspace import MANIFEST, atomic_write_text, fingerprint_file, git_commi
 from .table import Report
 
 
+def copy_contact_sheets(ws_root: Path, out_dir: Path) -> list[Path]:
+    """``lrfr sr``'s before/after contact sheets (``sr/NAME/contact_<size>px.png``) into the report
+    as ``sr_contact_NAME_<size>px.png``: the faces a reader should look at beside the SR numbers."""
+    out = []
+    for sheet in sorted((ws_root / "sr").glob("*/contact_*px.png")):
+        dst = out_dir / f"sr_contact_{sheet.parent.name}_{sheet.name.removeprefix('contact_')}"
+        shutil.copyfile(sheet, dst)
+        out.append(dst)
+    return out
+
+
 def write_report(report: Report, ws_root: Path, name: str, *, gates: list[dict[str, Any]], options: dict[str, Any],
                  plots: bool = True, progress: ProgressFn = null_progress) -> tuple[Path, list[Path]]:
     """Write ``reports/NAME/`` and return it with the PNG paths (relative names inside it)."""
@@ -42,6 +53,7 @@ def write_report(report: Report, ws_root: Path, name: str, *, gates: list[dict[s
             from .plots import make_plots
 
             pngs = make_plots(report, ws_root, tmp, progress=progress)
+            pngs += copy_contact_sheets(ws_root, tmp)
         manifest = {
             "artifact": f"reports/{name}",
             "command": "report",

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..results import EvalRecord
 from ..ui import ProgressFn, null_progress
-from .table import Report
+from .table import Report, row_name
 
 DPI = 100
 FIGSIZE = (8.0, 5.0)
@@ -56,7 +56,7 @@ def planned(report: Report, ws_root: Path) -> list[tuple[str, Callable[[Any], An
             jobs.append((f"accuracy_vs_size_{_safe(proto)}_{setting}.png", lambda plt, p=proto, s=setting, rs=recs: _accuracy_vs_size(plt, p, s, rs)))
         for r in recs:
             if any(isinstance(v.get("roc"), dict) for v in r.results.values()):
-                jobs.append((f"roc_{_safe(r.run)}_{_safe(proto)}_{setting}.png", lambda plt, rec=r: _roc_per_size(plt, rec)))
+                jobs.append((f"roc_{_safe(row_name(r))}_{_safe(proto)}_{setting}.png", lambda plt, rec=r: _roc_per_size(plt, rec)))
     for ds in ("scface", "tinyface"):
         recs = [r for r in report.records if r.dataset == ds and any(v.get("cmc") for v in r.results.values())]
         if recs:
@@ -99,7 +99,7 @@ def _accuracy_vs_size(plt: Any, proto: str, setting: str, recs: list[EvalRecord]
     for r in sorted(recs, key=lambda r: r.run):
         pts = sorted((int(k), v["accuracy"]) for k, v in r.results.items() if v.get("accuracy") is not None)
         xs, ys = [p[0] for p in pts], [100 * p[1] for p in pts]
-        ax.plot(xs, ys, marker="o", label=r.run)
+        ax.plot(xs, ys, marker="o", label=row_name(r))
         stds = [100 * (r.results[str(x)].get("accuracy_std") or 0.0) for x in xs]
         if any(stds):
             ax.fill_between(xs, [y - s for y, s in zip(ys, stds)], [y + s for y, s in zip(ys, stds)], alpha=0.15)
@@ -114,7 +114,7 @@ def _accuracy_vs_size(plt: Any, proto: str, setting: str, recs: list[EvalRecord]
 
 
 def _roc_per_size(plt: Any, rec: EvalRecord) -> Any:
-    fig, (ax,) = _fig(plt, f"{rec.run} · {rec.protocol_id} {rec.setting}: ROC per probe size")
+    fig, (ax,) = _fig(plt, f"{row_name(rec)} · {rec.protocol_id} {rec.setting}: ROC per probe size")
     for k, v in rec.results.items():
         roc = v.get("roc")
         if isinstance(roc, dict):

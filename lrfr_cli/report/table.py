@@ -33,6 +33,7 @@ class RunRow:
     info: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
     evals: list[str] = field(default_factory=list)
+    sr: dict[str, Any] | None = None  # the eval's super_resolution block when probes were super-resolved
 
     def as_dict(self, columns: list[str]) -> dict[str, Any]:
         return {"run": self.run, **{k: self.info.get(k, "") for k in INFO_COLUMNS[1:]},
@@ -68,12 +69,26 @@ class Report:
         return buf.getvalue()
 
     def to_markdown(self) -> str:
-        """Percentages with two decimals, as the README's results tables show them."""
+        """Percentages with two decimals, as the README's results tables show them; rows whose
+        probes were super-resolved get a second table with their SR network's PSNR/SSIM."""
         head = [*INFO_COLUMNS, *(f"{c} %" for c in self.columns)]
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * len(INFO_COLUMNS) + [" ---: "] * len(self.columns)) + "|"]
         for r in self.to_records():
             cells = [_md(str(r[c] or "–")) for c in INFO_COLUMNS] + [pct(r[c]) for c in self.columns]
             lines.append("| " + " | ".join(cells) + " |")
+        sr_rows = [r for r in self.rows if r.sr]
+        if sr_rows:
+            lines += ["", "SR front ends (PSNR dB / SSIM on the Y channel of the SR run's held-out faces, vs bicubic):", "",
+                      "| run | SR run | arch | trained at px | size px | SR PSNR | bicubic PSNR | SR SSIM | bicubic SSIM |",
+                      "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for r in sr_rows:
+                sr = r.sr or {}
+                val = sr.get("validation") or {}
+                for size in sr.get("trained_sizes") or []:
+                    num = [val.get(f"val_{k}@{size}") for k in ("psnr", "bicubic_psnr", "ssim", "bicubic_ssim")]
+                    cells = [f"{v:.2f}" if i < 2 and v is not None else (f"{v:.4f}" if v is not None else "–") for i, v in enumerate(num)]
+                    lines.append(f"| {_md(r.run)} | {_md(str(sr.get('run')))} | {sr.get('method')} | "
+                                 f"{','.join(map(str, sr.get('trained_sizes') or []))} | {size} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def to_json(self, gates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -82,7 +97,7 @@ class Report:
             "columns": self.columns,
             "runs": [{**{k: (row.run if k == "run" else row.info.get(k, "")) for k in INFO_COLUMNS},
                       "metrics": {k: row.metrics[k] for k in sorted(row.metrics, key=metric_sort_key)},
-                      "evals": row.evals} for row in self.rows],
+                      "evals": row.evals, **({"super_resolution": row.sr} if row.sr else {})} for row in self.rows],
             "gates": gates or [],
         }
 
@@ -187,6 +202,13 @@ def _short_data(data: Any) -> str:
     return m.group(0) if m else (Path(s).name or s)
 
 
+def row_name(rec: EvalRecord) -> str:
+    """The report row an eval belongs to: its run, or ``RUN+sr:SRRUN`` when ``lrfr eval --sr``
+    super-resolved its LR probes, so bicubic and SR results of one recogniser sit side by side."""
+    sr = rec.doc.get("super_resolution")
+    return f"{rec.run}+sr:{sr['run']}" if isinstance(sr, dict) and sr.get("run") else rec.run
+
+
 def build_report(records: list[EvalRecord], ws_root: Path) -> Report:
     """Rows by run (a run's evals merged); a metric two evals of one run both hold is taken from
     the newer eval and noted."""
@@ -197,18 +219,21 @@ def build_report(records: list[EvalRecord], ws_root: Path) -> Report:
     columns: set[str] = set()
     notes: list[str] = []
     for rec in sorted(records, key=lambda r: str(r.doc.get("created") or "")):
-        row = rows.get(rec.run)
+        name = row_name(rec)
+        row = rows.get(name)
         if row is None:
-            row = rows[rec.run] = RunRow(rec.run, run_info(ws_root, rec))
+            row = rows[name] = RunRow(name, run_info(ws_root, rec))
+        if name != rec.run:
+            row.sr = rec.doc["super_resolution"]
         row.evals.append(str(rec.path) if rec.path else "")
         try:
             metrics = rec.metrics()
         except (AttributeError, TypeError, ValueError) as e:
             raise ResultsError(f"{rec.path}: results of an unexpected shape ({e}); re-run `lrfr eval`") from None
         for m in metrics:
-            key = (rec.run, m.name)
+            key = (name, m.name)
             if key in seen and row.metrics.get(m.name) != m.value:
-                notes.append(f"{rec.run}: {m.name} is in {Path(seen[key][1]).name} and {Path(str(rec.path)).name}; using the newer {Path(str(rec.path)).name}")
+                notes.append(f"{name}: {m.name} is in {Path(seen[key][1]).name} and {Path(str(rec.path)).name}; using the newer {Path(str(rec.path)).name}")
             seen[key] = (str(rec.doc.get("created") or ""), str(rec.path))
             row.metrics[m.name] = m.value
             if m.headline:
