@@ -59,7 +59,8 @@ def make_sr_run(ws: Path, name: str = "srfake", sizes: tuple[int, ...] = (16,)) 
     cfg = {"kind": "sr", "arch": "srcnn", "lr_sizes": list(sizes), "degradation": "bicubic", "input_size": 112}
     torch.save({"model": net.state_dict(), "step": 5, "config": cfg}, run / "checkpoints" / "last.pt")
     (run / "config.json").write_text(json.dumps(cfg))
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "epoch": 0, "val_psnr": 25.5, "val_bicubic_psnr": 25.0}) + "\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "epoch": 0, "val_psnr": 25.5, "val_bicubic_psnr": 25.0, "val_psnr@16": 25.5,
+                                                         "val_bicubic_psnr@16": 25.0, "val_ssim@16": 0.75, "val_bicubic_ssim@16": 0.7}) + "\n")
     return net.eval()
 
 
@@ -114,7 +115,7 @@ def test_sr_changes_only_the_lr_probes_and_reuses_hr_embeddings(cli, ws, data_di
     assert (ws / "evals" / "rec" / "lfw-small_pairs.json").is_file()  # the baseline is kept beside it
 
     # the cached probe embedding is the pixel embedding of the SR network's (rounded) output
-    rel = sorted(probes)[0]
+    rel = min(probes)
     lr = degrade_array(LfwCenterCrop(data_dir / "lfw").load(rel), DegradeSpec(16, "bicubic"))
     with torch.no_grad():
         sr = net(torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255.0)
