@@ -80,7 +80,7 @@ def test_threads_option_restores_torch_and_timings_add_up(data_dir: Path, tmp_pa
     before = torch.get_num_threads()
     res = align_tree(src, tmp_path / "out", threads=1, workers=-1)
     assert torch.get_num_threads() == before
-    assert res.faces == 3
+    assert res.faces == 3 and res.threads == 1 and res.workers == 0  # LFW-sized photos: decoded in place
     assert {"decode", "pnet", "rnet", "onet", "warp", "write", "reports"} <= set(res.timings)
     assert 0 < sum(res.timings.values()) <= res.seconds * 1.05 + 0.05
     with pytest.raises(Exception, match="--threads"):
@@ -135,3 +135,20 @@ def test_kill_9_mid_run_then_resume_completes(data_dir: Path, tmp_path: Path) ->
     assert len(list_images(out)) == len(rels)
     lines = (out / JOURNAL).read_text().splitlines()
     assert sum(1 for ln in lines if '"config"' in ln) == 1 and json.loads(lines[0])["config"]["size"] == 112
+
+
+def test_detector_threads_leave_the_decoders_their_cores() -> None:
+    from lrfr_cli.align.pipeline import detector_threads
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert detector_threads(3, 2, "cpu", cores=4) == 3  # asked for: taken as given
+        assert detector_threads(0, 0, "cpu", cores=4) == 4  # no decode processes: torch's setting
+        assert detector_threads(0, 1, "cpu", cores=4) == 3
+        assert detector_threads(0, 3, "cpu", cores=4) == 1
+        assert detector_threads(0, 8, "cpu", cores=4) == 1  # never below one
+        assert detector_threads(0, 1, "cpu", cores=16) == 4  # never above torch's setting
+        assert detector_threads(0, 2, "cuda:0", cores=4) == 4  # the GPU does the work
+    finally:
+        torch.set_num_threads(old)

@@ -66,6 +66,8 @@ class AlignResult:
     # (MTCNN's three stages), warp, write (encode + atomic writes + journal + the final sync),
     # reports (the CSVs)
     timings: dict[str, float] = field(default_factory=dict)
+    workers: int = 0  # decode processes used
+    threads: int = 0  # torch threads the detector ran with (0: no detection ran)
 
     @property
     def images_per_s(self) -> float:
@@ -97,20 +99,33 @@ def default_workers(paths: Sequence[Path], cores: int | None = None, sample: int
     return max(1, (cores or os.cpu_count() or 1) - 1)
 
 
+def detector_threads(threads: int, workers: int, device: str, cores: int | None = None) -> int:
+    """Torch threads for the detector: ``threads`` when given, else torch's setting less the
+    cores the decode processes keep busy (a core running a decoder stalls a multi-threaded
+    kernel that counted on it, as any busy core does)."""
+    import torch
+
+    if threads > 0:
+        return threads
+    current = torch.get_num_threads()
+    if workers <= 0 or not device.startswith("cpu"):
+        return current
+    return max(1, min(current, (cores or os.cpu_count() or 1) - workers))
+
+
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``n`` (0: untouched) for a block, then restored."""
-    if n <= 0:
-        yield
-        return
+    """torch's intra-op thread count set to ``n`` for a block, then restored."""
     import torch
 
     old = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n != old:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        if n != old:
+            torch.set_num_threads(old)
 
 
 def align_tree(
@@ -136,8 +151,9 @@ def align_tree(
     :class:`AlignConfig` fields (min_face, thresholds, min_prob, max_side, margin, fallback,
     assume_cropped, fmt, quality). ``device`` is a torch device string (``cpu``, ``cuda:0``).
     ``workers`` decode processes (0 = decode in this process; -1 = :func:`default_workers`);
-    ``threads`` torch threads for the detector during the call (0 = leave torch's setting; on
-    cores shared with other jobs 1 is often fastest). Photos already recorded in
+    ``threads`` torch threads for the detector during the call (0 = :func:`detector_threads`:
+    torch's setting, less one per decode process on a CPU; on cores shared with other jobs 1 is
+    often fastest). Photos already recorded in
     ``out_root``'s journal with their files present are skipped (resume); a journal made with
     other options is refused. With ``passthrough`` and every input already the output size, files
     are copied unchanged (``result.passthrough``). Never raises for a bad photo: it lands in
@@ -183,6 +199,8 @@ def align_tree(
         elif todo:
             if workers < 0:
                 workers = default_workers([src_root / r for r in todo])
+            result.workers = workers
+            result.threads = detector_threads(threads, workers, device)
             aligner = Aligner(cfg, device)
             n_fail = 0
 
@@ -193,7 +211,7 @@ def align_tree(
                 progress(1)
 
             stream = decoded_stream(src_root, todo, cfg.max_side, workers, lookahead=max(4, 2 * batch_size))
-            with _torch_threads(threads):
+            with _torch_threads(result.threads):
                 t = time.perf_counter()
                 for batch in batches(stream, batch_size, on_error=on_error):
                     t = tick("decode", t)

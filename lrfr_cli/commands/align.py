@@ -39,7 +39,7 @@ def align(
     device: str = typer.Option("auto", "--device", help="Where MTCNN runs: auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Same-size photos detected together in one MTCNN pass."),
     workers: int = typer.Option(-1, "--workers", "-j", help="Decode processes; 0 = decode in the main process; -1 = auto: 0 for small photos (LFW-sized, decoding is cheaper than shipping them between processes), one per core beyond the first for photos over 1 megapixel."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for MTCNN (0 = torch's default, all cores). On cores shared with other jobs, 1 can be several times faster: busy cores stall multi-threaded kernels."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for MTCNN (0 = torch's default, all cores, less one per decode process). On cores shared with other jobs, 1 can be several times faster: busy cores stall multi-threaded kernels."),
     ext: str | None = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
     force: bool = typer.Option(False, "--force", help="Redo an artifact that is complete, or was made with other options."),
 ) -> None:
@@ -130,6 +130,8 @@ def align(
             "seconds": round(seconds, 3),
             "images_per_s": round(rate, 3),
             "device": str(dev),
+            "workers": res.workers,
+            "threads": res.threads,
             "size": list(cfg.out_wh),
         },
     )
