@@ -237,3 +237,17 @@ def test_integral_image_opencv_path_equals_cumsum() -> None:
     # the pyramid's whole-image resize is PyTorch's area interpolation
     want = F.interpolate(torch.from_numpy(imgs).permute(0, 3, 1, 2).float(), size=(16, 23), mode="area")
     assert torch.allclose(resize_from_integral(fast, 16, 23), want, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_score_ties_are_broken_as_facenet_pytorch_does(data_dir: Path) -> None:
+    """Two overlapping candidates of this photo both score exactly 1.0 (float32) at the last stage;
+    the box kept must be facenet-pytorch's (a stable best-first sort kept the other, 6.8 px away)."""
+    from facenet_pytorch import MTCNN
+
+    img = load_rgb(data_dir / "lfw/lfw-deepfunneled/Osrat_Iosef/Osrat_Iosef_0001.jpg")
+    boxes, probs, points = MTCNN(min_face_size=30, keep_all=True, device="cpu").detect(img, landmarks=True)
+    det = MtcnnDetector("cpu", min_face=30).detect(img[None])[0]
+    assert len(det) == len(boxes) == 1
+    assert np.abs(det.boxes - np.asarray(boxes, dtype=float)).max() < 1e-3
+    assert np.abs(det.landmarks - np.asarray(points, dtype=float)).max() < 1e-3

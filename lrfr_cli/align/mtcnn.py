@@ -423,10 +423,13 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, inds: torch.Tensor, thre
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     b = boxes.detach().cpu().double().numpy()
-    s = scores.detach().cpu().double().numpy()
+    s = scores.detach().cpu().float().numpy()
     img = inds.detach().cpu().numpy()
     area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    order = np.argsort(-s, kind="stable")
+    # Best first, ties broken as facenet-pytorch does (numpy's default argsort of the float32
+    # scores, taken from the end): clear faces often score exactly 1.0 in float32 twice, and
+    # the tie decides which of two overlapping boxes is kept.
+    order = np.argsort(s)[::-1]
     alive = np.ones(len(b), dtype=bool)
     keep = []
     for i in order:
