@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from lrfr_cli.align.aligner import TEMPLATE_FACE_BOX_112, Aligner, assumed_crop_matrix, centre_crop_matrix
 from lrfr_cli.align.decode import detection_image
 from lrfr_cli.align.mtcnn import MtcnnDetector, crop_resize_area
-from lrfr_cli.align.aligner import TEMPLATE_FACE_BOX_112, Aligner, assumed_crop_matrix, centre_crop_matrix
 from lrfr_cli.align.options import AlignConfig, output_rel, parse_size
 from lrfr_cli.align.warp import ARCFACE_TEMPLATE, apply_transform, fit_error, template_for, template_with_margin, umeyama, warp_face
 from lrfr_cli.data.images import load_rgb
@@ -72,8 +72,8 @@ def test_templates_for_other_sizes() -> None:
 
 
 def test_face_selection_rules() -> None:
-    from lrfr_cli.align.mtcnn import Detections
     from lrfr_cli.align.aligner import select_faces as _select
+    from lrfr_cli.align.mtcnn import Detections
 
     boxes = np.array([[0, 0, 50, 50], [400, 280, 480, 360], [100, 100, 300, 300.0]])  # areas 2500, 6400, 40000
     det = Detections(boxes, np.array([0.99, 0.98, 0.97]), np.zeros((3, 5, 2)))
