@@ -82,10 +82,11 @@ def is_prealigned(paths: Sequence[Path], out_wh: tuple[int, int]) -> bool:
 
 
 # Photos above this many pixels (median of a sample) are decoded in worker processes by default.
-# A 250x250 LFW JPEG decodes in ~1 ms, 1/20 of its detection, and shipping it between processes
-# costs about as much: on 240 LFW photos --workers 0 ran 2.4x the facenet loop, --workers 1 and 2
-# 1.8x and 1.7x (benchmarks/align.py, 1 torch thread, load 4-5 on 2 cores). A 2-megapixel JPEG
-# takes ~30 ms to decode, as long as detecting faces in its 800 px copy: worth a second process.
+# A 250x250 LFW JPEG decodes in 0.4 ms, a few % of its share of detection, and shipping it between
+# processes costs about as much: on 600 LFW photos --workers 0, 1 and 2 ran 2.3x, 2.5x and 2.6x
+# the facenet loop (benchmarks/align.py, 1 torch thread, load 5-6 on 2 cores: a tie), and on a
+# quiet machine before issue 9 --workers 0 beat 1 (1.23x vs 1.07x). A 3.4-megapixel photo takes
+# ~50 ms to decode and scale to 800 px, as long as detecting faces in that copy: worth a process.
 LARGE_PHOTO_PIXELS = 1_000_000
 
 
