@@ -130,8 +130,8 @@ def main() -> None:
           f"batch {args.batch_size}, {args.workers} decode workers")
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}")
     print()
-    print(f"| way | images through the network | images decoded | seconds | pairs x sizes / s | speed-up vs per-pair |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("| way | images through the network | images decoded | seconds | pairs x sizes / s | speed-up vs per-pair |")
+    print("|---|---:|---:|---:|---:|---:|")
     work = n_pairs * len(sizes)
     if pp_s is not None:
         print(f"| per-pair (seeds; {max(1, args.batch_size // 2)} pairs per batch) | {pp_fwd} | {pp_fwd} | {pp_s:.1f} | {work / pp_s:.1f} | 1.00x |")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import make_identity_faces
 
 from lrfr_cli.engine.tasks import ClassifierTask, StepContext
 from lrfr_cli.finetune import build_method, resolve_options
@@ -22,6 +21,8 @@ from lrfr_cli.finetune.octuplet import octuplet_loss
 from lrfr_cli.finetune.siamese import cross_triplet
 from lrfr_cli.losses import build_head
 from lrfr_cli.models import build_backbone
+
+from synthetic import make_identity_faces
 
 
 # ----------------------------------------------------------------------------- brute force

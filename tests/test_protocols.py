@@ -44,7 +44,7 @@ def _hand_lfw(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     root = tmp_path / "lfw"
     lines = ["2\t2"]
     table: dict[str, np.ndarray] = {}
-    for k, (fold, same, s) in enumerate(HAND):
+    for k, (_fold, same, s) in enumerate(HAND):
         a, b = f"P{k}a", f"P{k}b"
         if same:
             lines.append(f"{a}\t1\t2")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import make_identity_faces
 from typer.testing import CliRunner
 
 from lrfr_cli.cli import app, hoist_global_options
@@ -24,6 +23,8 @@ from lrfr_cli.data.samplers import build_sampler
 from lrfr_cli.engine import load_checkpoint, seed_everything
 from lrfr_cli.losses import describe_losses, heads
 from lrfr_cli.models import build_backbone, preprocess
+
+from synthetic import make_identity_faces
 
 LRFR = str(Path(sys.executable).parent / "lrfr")
 FAST = ["--backbone", "tiny", "--embedding-size", "32", "--workers", "0", "--device", "cpu", "--threads", "1"]

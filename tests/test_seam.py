@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import make_identity_faces
 from torch import nn
 
 from lrfr_cli.data.samplers import PKBatchSampler, build_sampler
@@ -44,6 +43,8 @@ from lrfr_cli.losses import (
     describe_losses,
     parse_loss_opts,
 )
+
+from synthetic import make_identity_faces
 
 CPU = torch.device("cpu")
 ONE = DistInfo()

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from lrfr_cli.engine import load_checkpoint
-from synthetic import make_identity_faces
 from lrfr_cli.losses import HEADS
 from lrfr_cli.models import BACKBONES, build_backbone
+
+from synthetic import make_identity_faces
 
 FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--threads", "1"]
 
@@ -151,10 +152,10 @@ def test_bad_batch_and_device_options(cli, ws, faces):
 
 
 def test_data_from_workspace_artifact_and_recordio(cli, ws, faces):
+    import shutil
+
     from lrfr_cli.data.datasets import resolve_training_data
     from lrfr_cli.data.recordio import write_recordio
-
-    import shutil
 
     shutil.copytree(faces, ws / "aligned" / "syn")
     threads = torch.get_num_threads()

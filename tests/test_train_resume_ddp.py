@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lrfr_cli.engine import load_checkpoint
+
 from synthetic import make_identity_faces
 
 LRFR = str(Path(sys.executable).parent / "lrfr")

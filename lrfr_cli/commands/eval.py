@@ -20,7 +20,6 @@ from ..embed.extract import with_sr
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
-from ..protocols.base import Plan
 from ..protocols.lfw import SETTINGS, plan_lfw
 from ..protocols.scface import parse_distances, plan_scface
 from ..protocols.sources import AlignedFolder, LfwCenterCrop

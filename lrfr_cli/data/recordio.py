@@ -99,13 +99,18 @@ class RecordIOReader:
         self.folder = Path(folder)
         self.rec_path = self.folder / "train.rec"
         self.offsets: dict[int, int] = {}
+        idx = self.folder / "train.idx"
         try:
-            for n, line in enumerate((self.folder / "train.idx").read_text().splitlines(), 1):
-                if line.strip():
+            lines = idx.read_text().splitlines()
+        except (ValueError, OSError) as e:
+            raise LrfrError(f"{idx}: unreadable index ({e})") from None
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
                     k, off = line.split()
                     self.offsets[int(k)] = int(off)
-        except (ValueError, OSError) as e:
-            raise LrfrError(f"{self.folder / 'train.idx'}: unreadable index ({e})") from None
+                except ValueError:
+                    raise LrfrError(f"{idx}:{n}: unreadable index line {line.strip()[:60]!r} (expected 'KEY OFFSET')") from None
         self.size = self.rec_path.stat().st_size
         self._fd: int | None = None
         self._pid = -1
