@@ -5,7 +5,8 @@ a plain dict, so files written before this module existed load unchanged) plus t
 both commands need: build, merge with an earlier eval made the same way, compatibility key, load
 with a schema check, atomic save, and flat metric names for tables and CI gates.
 
-Metric names (fractions in [0, 1], all higher-is-better)::
+Metric names (fractions in [0, 1], all higher-is-better; each protocol module in
+:mod:`lrfr_cli.protocols` names its own, and which of them are headline columns)::
 
     lfw/hr-lr@16                 LFW accuracy, setting hr-lr, probe 16 px (pairs.txt, View 2)
     lfw-pairsDevTest/hr-lr@16    the same on another pairs file (here View 1's test pairs)
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import protocols
 from .errors import LrfrError
 from .workspace import atomic_write_text
 
@@ -170,114 +172,47 @@ class EvalRecord:
     def merge_previous(self, old: EvalRecord) -> list[str]:
         """Keep ``old``'s results for settings this record lacks when both were made the same way.
 
-        Returns the added result keys (empty when the setups differ). LFW keys are probe sizes and
-        stay in numeric order; other protocols' keys are sorted by name.
+        Returns the added result keys (empty when the setups differ). The protocol orders the merged
+        keys (LFW's are probe sizes, in numeric order; others are sorted by name).
         """
         if not self.same_setup(old):
             return []
         added = [k for k in old.results if k not in self.results]
         for k in added:
             self.results[k] = old.results[k]
-        if self.dataset == "lfw":
-            self.doc["results"] = dict(sorted(self.results.items(), key=lambda kv: int(kv[0])))
-            self.doc["sizes"] = sorted({int(k) for k in self.results})
-        else:
-            self.doc["results"] = dict(sorted(self.results.items()))
+        proto = protocols.for_record(self.dataset)
+        self.doc["results"] = proto.order_results(self.results)
+        sizes = proto.record_sizes(self.results)
+        if sizes is not None:
+            self.doc["sizes"] = sizes
         return added
 
     # ------------------------------------------------------------------ metrics
     @property
     def protocol_id(self) -> str:
-        """``lfw`` for View 2's pairs.txt, ``lfw-<pairs file stem>`` for any other pairs file;
-        the dataset name for every other protocol."""
-        if self.dataset != "lfw":
-            return self.dataset
-        pairs = (self.doc.get("protocol_info") or {}).get("pairs_file")
-        stem = Path(str(pairs)).stem if pairs else "pairs"
-        return "lfw" if stem == "pairs" else f"lfw-{stem}"
+        """The leading part of the record's metric names: the dataset name, except where the
+        protocol tells variants apart (``lfw-<pairs file stem>`` for LFW pairs other than pairs.txt)."""
+        return protocols.for_record(self.dataset).protocol_id(self.doc)
 
     @property
     def setting(self) -> str | None:
         return (self.doc.get("protocol_info") or {}).get("setting")
 
     def metrics(self) -> list[Metric]:
-        """Every number of the record under its flat name, in the file's order."""
-        fn = _METRICS.get(self.dataset, _generic_metrics)
-        return fn(self)
+        """Every number of the record under its flat name, in the file's order (the protocol
+        names them; an unregistered dataset gets every numeric leaf one level down)."""
+        proto = protocols.for_record(self.dataset)
+        return [Metric(name, float(v), head) for name, v, head in proto.metrics(self.protocol_id, self.setting, self.results)
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+def metric_help() -> str:
+    """The ``--fail-under`` help: every registered protocol's metric names."""
+    names = "; ".join(p.metric_help for p in protocols.PROTOCOLS.values() if p.metric_help)
+    return f"Metric names: {names}. Values are fractions in [0, 1]."
 
 
-def _add(out: list[Metric], name: str, value: Any, headline: bool = False) -> None:
-    v = _num(value)
-    if v is not None:
-        out.append(Metric(name, v, headline))
-
-
-def _tar_metrics(out: list[Metric], base: str, r: dict[str, Any], headline_far: str | None = None) -> None:
-    for far, v in (r.get("tar_at_far") or {}).items():
-        _add(out, f"{base}:tar@far={far}", v, far == headline_far)
-
-
-def _lfw_metrics(rec: EvalRecord) -> list[Metric]:
-    out: list[Metric] = []
-    setting = rec.setting or "hr-lr"
-    for size, r in rec.results.items():
-        base = f"{rec.protocol_id}/{setting}@{size}"
-        _add(out, base, r.get("accuracy"), True)
-        _add(out, f"{base}:auc", r.get("auc"))
-        _tar_metrics(out, base, r)
-    return out
-
-
-_RANK_KEYS = ("rank1", "rank5", "rank10", "rank20", "rank50", "map")
-
-
-def _identification_metrics(rec: EvalRecord, headline: tuple[str, ...]) -> list[Metric]:
-    out: list[Metric] = []
-    for key, r in rec.results.items():
-        base = rec.protocol_id if key == "native" else f"{rec.protocol_id}/{key}"
-        for k in _RANK_KEYS:
-            _add(out, f"{base}:{k}", r.get(k), k in headline)
-    return out
-
-
-def _survface_metrics(rec: EvalRecord) -> list[Metric]:
-    out: list[Metric] = []
-    for key, r in rec.results.items():
-        base = rec.protocol_id if key == "native" else f"{rec.protocol_id}/{key}"
-        _tar_metrics(out, base, r, headline_far="0.01")
-        _add(out, f"{base}:auc", r.get("auc"), True)
-    return out
-
-
-def _generic_metrics(rec: EvalRecord) -> list[Metric]:
-    """A protocol this module does not know: every numeric leaf one level down."""
-    out: list[Metric] = []
-    for key, r in rec.results.items():
-        base = rec.protocol_id if key == "native" else f"{rec.protocol_id}/{key}"
-        if isinstance(r, dict):
-            for k, v in r.items():
-                _add(out, f"{base}:{k}", v)
-    return out
-
-
-# One line per protocol; belongs to the protocol registry once protocols have one.
-_METRICS = {
-    "lfw": _lfw_metrics,
-    "scface": lambda rec: _identification_metrics(rec, ("rank1",)),
-    "tinyface": lambda rec: _identification_metrics(rec, ("rank1", "map")),
-    "survface": _survface_metrics,
-}
-
-METRIC_HELP = (
-    "Metric names: lfw/SETTING@SIZE (accuracy; lfw-PAIRS/... for another pairs file, e.g. "
-    "lfw-pairsDevTest/hr-lr@16), lfw/SETTING@SIZE:auc, lfw/SETTING@SIZE:tar@far=0.001, "
-    "scface/dN:rank1 (rank5, rank10, rank20), survface:tar@far=0.01 (0.3, 0.1, 0.001), survface:auc, "
-    "tinyface:rank1 (rank5 ... rank50), tinyface:map. Values are fractions in [0, 1]."
-)
+METRIC_HELP = metric_help()
 
 
 # --------------------------------------------------------------------------- ROC for plots

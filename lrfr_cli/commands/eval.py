@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
 from datetime import datetime, timezone
@@ -14,92 +13,84 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from .. import protocols
 from ..data.degrade import METHOD_HELP, METHODS, parse_sizes
 from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
 from ..embed.extract import with_sr
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
-from ..protocols.lfw import SETTINGS, plan_lfw
-from ..protocols.scface import parse_distances, plan_scface
-from ..protocols.sources import AlignedFolder, LfwCenterCrop
-from ..protocols.survface import plan_survface
-from ..protocols.tinyface import plan_tinyface
+from ..protocols import EvalOptions, EvalProtocol
+from ..protocols.sources import AlignedFolder
 from ..results import EvalRecord, ResultsError
 from ..ui import null_progress
 from ..workspace import Workspace, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 
-DATASETS = ("lfw", "scface", "survface", "tinyface")
 ALIGNS = ("mtcnn", "center-crop", "none")
-_DEFAULT_DIRS = {"lfw": "lfw", "scface": "scface", "survface": "QMUL-SurvFace", "tinyface": "tinyface"}
 
 
-def _data_root(dataset: str, data: Optional[Path], ws_root: Path) -> Path:
+def _for(*option: str) -> str:
+    """``LFW:`` before an option's help: the registered protocols that read it."""
+    return ", ".join(p.title for p in protocols.PROTOCOLS.values() if any(o in p.options for o in option)) + ":"
+
+
+def _data_root(proto: EvalProtocol, data: Optional[Path], ws_root: Path) -> Path:
     if data is not None:
         data = data.expanduser()
         if not data.exists() and not data.is_absolute() and (ws_root / data).exists():
             return ws_root / data  # a workspace artifact such as aligned/NAME
         return data
     base = Path(os.environ.get("LRFR_DATA", "data")).expanduser()
-    return base / _DEFAULT_DIRS[dataset]
+    return proto.default_root(base)
 
 
-def _lfw_images(root: Path, align: str, rels: list[str], ws: Workspace, device: str, workers: int, st: Any) -> tuple[Any, dict[str, Any]]:
-    """The LFW faces as the network will see them, aligned as the training faces were."""
-    center = LfwCenterCrop(root)
+def _aligned_images(proto: EvalProtocol, center: Any, root: Path, align: str, rels: list[str], ws: Workspace, device: str,
+                    workers: int, st: Any) -> tuple[Any, dict[str, Any]]:
+    """A photo protocol's faces as the network will see them, aligned as the training faces were
+    (``center``: the plan's fixed-warp image set, also the fallback where MTCNN finds no face)."""
     if align == "center-crop":
         return center, {"align": "center-crop", "note": "fixed similarity warp of the deep-funneled image (median MTCNN landmarks) to the ArcFace template"}
     if align == "none":
-        return AlignedFolder(root=root, name="lfw-prealigned-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10], how="none (images already aligned; resized to the input size if needed)"), {"align": "none"}
+        return AlignedFolder(root=root, name=f"{proto.name}-prealigned-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10], how="none (images already aligned; resized to the input size if needed)"), {"align": "none"}
     try:
         from ..align.pipeline import align_tree
     except ImportError as e:  # pragma: no cover - the aligner ships with lrfr
         raise LrfrError(f"MTCNN alignment is unavailable ({e}); use --align center-crop") from e
-    art = ws.artifact("aligned", "lfw-mtcnn")
+    art = ws.artifact("aligned", f"{proto.name}-mtcnn")
     with art.lock():
-        with st.progress("align LFW (MTCNN)", total=len(rels)) as progress:
+        with st.progress(f"align {proto.title} (MTCNN)", total=len(rels)) as progress:
             res = align_tree(root, art.path, rels, size=112, select="center", device=device, workers=workers, progress=progress)
     failed = frozenset(r for r, _ in res.failures)
     if failed:
-        st.warn(f"MTCNN found no face in {len(failed)} of {len(rels)} LFW images; those use the center-crop warp")
-    images = AlignedFolder(root=art.path, name="lfw-mtcnn", fallback_rels=failed, fallback=center,
+        st.warn(f"MTCNN found no face in {len(failed)} of {len(rels)} {proto.title} images; those use the center-crop warp")
+    images = AlignedFolder(root=art.path, name=f"{proto.name}-mtcnn", fallback_rels=failed, fallback=center,
                            how="mtcnn (lrfr align recipe: MTCNN 5 points + Umeyama to the ArcFace template, face nearest the centre)")
     return images, {"align": "mtcnn", "aligned_set": str(art.path), "mtcnn_failures": len(failed),
                     "mtcnn_failure_examples": sorted(failed)[:20], "fallback": "center-crop"}
 
 
-def _output_name(dataset: str, setting: str, pairs: Optional[Path], distances: list[int]) -> str:
-    name = dataset
-    if dataset == "lfw":
-        if pairs is not None and pairs.name != "pairs.txt":
-            name += "-" + pairs.stem
-        if setting != "hr-lr":
-            name += "-" + setting
-    return name
-
-
 @handle_errors
 def eval_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(DATASETS)}."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(protocols.names())}."),
     model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface and AdaFace IResNet state dicts for ir*); default: the one whose parameters fit."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default $LRFR_DATA/lfw, /scface, /QMUL-SurvFace, /tinyface)."),
-    sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help="LFW: probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),
-    setting: str = typer.Option("hr-lr", "--setting", help="LFW: hr-hr, hr-lr (first image HR, second degraded to each size) or lr-lr (both degraded)."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="LFW: pairs file in pairs.txt format (default ROOT/pairs.txt, View 2); e.g. pairsDevTest.txt for View 1."),
-    threshold_pairs: Optional[Path] = typer.Option(None, "--threshold-pairs", help="LFW, single-fold pairs files: pairs to choose the threshold on (default: pairsDevTrain.txt beside pairsDevTest.txt)."),
-    align: str = typer.Option("mtcnn", "--align", help="LFW: mtcnn (as `lrfr align` made the training faces; cached in aligned/lfw-mtcnn), center-crop (fixed warp of the deep-funneled image; fast), none (already aligned)."),
-    distance: str = typer.Option("all", "--distance", help="SCface: probe distance 1 (4.20 m), 2 (2.60 m), 3 (1.00 m), a list like 1,2, or all."),
-    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="SCface: folder with scface_mugshot.csv and scface_distance{1,2,3}.csv (default $LRFR_DATA/protocols/scface)."),
-    distractors: bool = typer.Option(True, "--distractors/--no-distractors", help="TinyFace: add Gallery_Distractor to the gallery (the official protocol)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + ")."),
+    sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help=f"{_for('sizes')} probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),
+    setting: str = typer.Option("hr-lr", "--setting", help=f"{_for('setting')} hr-hr, hr-lr (first image HR, second degraded to each size) or lr-lr (both degraded)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help=f"{_for('pairs')} pairs file in pairs.txt format (default ROOT/pairs.txt, View 2); e.g. pairsDevTest.txt for View 1."),
+    threshold_pairs: Optional[Path] = typer.Option(None, "--threshold-pairs", help=f"{_for('threshold_pairs')} with single-fold pairs files, pairs to choose the threshold on (default: pairsDevTrain.txt beside pairsDevTest.txt)."),
+    align: str = typer.Option("mtcnn", "--align", help=f"{_for('align')} mtcnn (as `lrfr align` made the training faces; cached in aligned/lfw-mtcnn), center-crop (fixed warp of the deep-funneled image; fast), none (already aligned)."),
+    distance: str = typer.Option("all", "--distance", help=f"{_for('distance')} probe distance 1 (4.20 m), 2 (2.60 m), 3 (1.00 m), a list like 1,2, or all."),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help=f"{_for('landmarks')} folder with scface_mugshot.csv and scface_distance{1,2,3}.csv (default $LRFR_DATA/protocols/scface)."),
+    distractors: bool = typer.Option(True, "--distractors/--no-distractors", help=f"{_for('distractors')} add Gallery_Distractor to the gallery (the official protocol)."),
     method: str = typer.Option("bicubic", "--method", help=f"Down-sampling filter for LR probes. {METHOD_HELP}"),
     blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma before down-sampling (as `lrfr degrade`)."),
     noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std on the LR image (0..255), seeded per image path."),
     jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="JPEG quality of the LR image."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
-    sr: str = typer.Option("bicubic", "--sr", help="LFW: how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
+    sr: str = typer.Option("bicubic", "--sr", help=f"{_for('sr')} how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising."),
     channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, else rgb), rgb (insightface, ours) or bgr."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -123,38 +114,26 @@ def eval_cmd(
     ws = workspace()
     t0 = time.time()
     dataset = dataset.strip().lower()
-    if dataset not in DATASETS:
-        raise LrfrError(f"--dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    proto = protocols.get(dataset)
+    if proto is None:
+        raise LrfrError(f"--dataset {dataset!r}: choose one of {', '.join(protocols.names())}")
     if method not in METHODS:
         raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    if setting not in SETTINGS:
-        raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
     if align not in ALIGNS:
         raise LrfrError(f"--align {align!r}: choose one of {', '.join(ALIGNS)}")
-    distances = parse_distances(distance) if dataset == "scface" else []
-    size_list = parse_sizes(sizes)
+    opts = EvalOptions(sizes=parse_sizes(sizes), setting=setting, pairs=pairs, threshold_pairs=threshold_pairs,
+                       distance=distance, landmarks=landmarks, distractors=distractors, method=method, blur=blur,
+                       noise=noise, jpeg=jpeg, seed=seed, input_size=112)
+    proto.check(opts)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    root = _data_root(dataset, data, ws.root)
+    root = _data_root(proto, data, ws.root)
 
     # Protocol first: bad data should fail before a model is loaded.
     images_info: dict[str, Any] = {}
-    if dataset == "lfw":
-        if not root.is_dir():
-            raise LrfrError(f"LFW not found at {root}; expected layout: ROOT/lfw-deepfunneled/<Name>/<Name>_0001.jpg and ROOT/pairs.txt (pass --data ROOT)")
-        pairs_file = pairs if pairs is not None else root / "pairs.txt"
-        placeholder = LfwCenterCrop(root)
-        plan = plan_lfw(placeholder, root, pairs_file, setting=setting, sizes=size_list, input_size=112, method=method,
-                        blur=blur, noise=noise, jpeg=jpeg, seed=seed, threshold_pairs=threshold_pairs)
-    elif dataset == "scface":
-        lm_dir = landmarks or Path(os.environ.get("LRFR_DATA", "data")).expanduser() / "protocols" / "scface"
-        plan = plan_scface(root, lm_dir, distances)
-    elif dataset == "survface":
-        plan = plan_survface(root)
-    else:
-        plan = plan_tinyface(root, distractors=distractors)
+    plan = proto.plan(root, opts)
 
-    sr_info, sr_aliases, sr_run = _super_resolution(sr, dataset, setting, size_list, ws.root, st)
+    sr_info, sr_aliases, sr_run = _super_resolution(sr, proto, opts, ws.root, st)
     if sr_run is not None:
         plan.requests, sr_aliases = with_sr(plan.requests, sr_run)
 
@@ -162,14 +141,14 @@ def eval_cmd(
     if loaded.input_size != 112:
         raise LrfrError(f"model input size {loaded.input_size}: eval supports 112x112 models")
     ws.ensure_writable()
-    if dataset == "lfw" and plan.info["folds"] > 1 and "lfw" in json.dumps(loaded.config.get("data", "")).lower():
-        st.warn("this run was trained on LFW images: View 2 shares its identities; score it on View 1 "
-                "(--pairs $LRFR_DATA/lfw/pairsDevTest.txt) with a model trained on peopleDevTrain.txt identities")
+    warning = proto.model_warning(plan, loaded.config)
+    if warning:
+        st.warn(warning)
 
     t_align = time.time()
-    if dataset == "lfw":
+    if "align" in proto.options:
         all_rels = list(dict.fromkeys(r for rels in plan.requests.values() for r in rels))
-        plan.images, images_info = _lfw_images(root, align, all_rels, ws, device=str(dev), workers=workers, st=st)
+        plan.images, images_info = _aligned_images(proto, plan.images, root, align, all_rels, ws, device=str(dev), workers=workers, st=st)
     images_info = {**plan.images.describe(), **images_info}
     align_s = time.time() - t_align
 
@@ -188,7 +167,7 @@ def eval_cmd(
     results = plan.score(emb)
     t2 = time.time()
 
-    out_name = name or _output_name(dataset, setting, pairs, distances) + (f"-sr-{sr_info['run']}" if sr_run is not None else "")
+    out_name = name or proto.output_name(opts) + (f"-sr-{sr_info['run']}" if sr_run is not None else "")
     out_path = ws.root / "evals" / loaded.name / f"{out_name}.json"
     variants = sorted({v.describe() for v in plan.requests})
     record = EvalRecord.build(
@@ -201,7 +180,7 @@ def eval_cmd(
                      "upsample": "bicubic back to the input size", "variants": variants,
                      **({"sr": sr_run.tag} if sr_run is not None else {})},
         super_resolution=sr_info,
-        sizes=sorted(int(k) for k in results) if dataset == "lfw" else None,
+        sizes=proto.record_sizes(results),
         results=results,
         embeddings={"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,
                     "forward_images": stats.forward_images, "per_variant": stats.per_variant},
@@ -226,18 +205,18 @@ def eval_cmd(
     st.summary(_line(dataset, doc, out_path), doc)
 
 
-def _super_resolution(sr: str, dataset: str, setting: str, sizes: list[int], ws_root: Path, st: Any) -> tuple[dict[str, Any], dict[Any, Any], Any]:
+def _super_resolution(sr: str, proto: EvalProtocol, opts: EvalOptions, ws_root: Path, st: Any) -> tuple[dict[str, Any], dict[Any, Any], Any]:
     """``--sr``: the record's ``super_resolution`` block and, for an SR run, its front end (one-line
     errors for a recogniser given as --sr, a protocol without synthetic LR probes)."""
     if sr.strip().lower() == "bicubic":
         return {"method": "bicubic", "note": "LR probes up-sampled back to the input size by bicubic interpolation only"}, {}, None
-    if dataset != "lfw" or setting == "hr-hr":
-        what = "--setting hr-hr" if dataset == "lfw" else f"--dataset {dataset} (its probes are real LR images)"
+    what = proto.sr_refusal(opts)
+    if what is not None:
         raise LrfrError(f"--sr {sr}: super-resolution applies to LFW's degraded probes (--setting hr-lr or lr-lr), not to {what}")
     from ..sr.infer import SRFront, load_sr_run
 
     srm = load_sr_run(sr, ws_root)
-    outside = srm.sizes_outside_training(sizes)
+    outside = srm.sizes_outside_training(opts.sizes)
     if outside:
         st.warn(f"--sr runs/{srm.name} was trained at {','.join(map(str, srm.sizes))} px; "
                 f"also applying it at {','.join(map(str, outside))} px (recorded as sizes_outside_training)")
@@ -252,43 +231,18 @@ def _previous(path: Path) -> EvalRecord | None:
         return None
 
 
-def _pct(v: Any) -> str:
-    return "–" if v is None else f"{100 * v:.2f}"
-
-
 def _table(dataset: str, doc: dict[str, Any]) -> Table:
     t = Table(title=f"{doc['model']['name']} · {doc['protocol']}", title_justify="left")
-    res = doc["results"]
-    if dataset == "lfw":
-        for col in ("size", "accuracy %", "± std", "AUC %", "TAR@FAR=1e-3 %"):
-            t.add_column(col, justify="right")
-        for k, r in res.items():
-            t.add_row(f"{k} px", _pct(r["accuracy"]), _pct(r["accuracy_std"]), _pct(r["auc"]), _pct(r["tar_at_far"].get("0.001")))
-    elif dataset == "survface":
-        r = res["native"]
-        for col in ("pairs", "TAR@30%", "TAR@10%", "TAR@1%", "TAR@0.1%", "AUC %"):
-            t.add_column(col, justify="right")
-        tf = r["tar_at_far"]
-        t.add_row(str(r["pairs"]), _pct(tf["0.3"]), _pct(tf["0.1"]), _pct(tf["0.01"]), _pct(tf["0.001"]), _pct(r["auc"]))
-    else:
-        # rank-50 and mAP only where the protocol reports them (TinyFace, as its paper does)
-        keys = ["rank1", "rank5", "rank10", "rank20"] + [k for k in ("rank50", "map") if any(k in r for r in res.values())]
-        for col in ("set", "probes", "gallery", *(f"{'mAP' if k == 'map' else 'rank-' + k[4:]} %" for k in keys)):
-            t.add_column(col, justify="right")
-        for k, r in res.items():
-            t.add_row(k, str(r["probes"]), str(r["gallery"]), *(_pct(r.get(c)) for c in keys))
+    columns, rows = protocols.for_record(dataset).table(doc)
+    for col in columns:
+        t.add_column(col, justify="right")
+    for row in rows:
+        t.add_row(*row)
     return t
 
 
 def _line(dataset: str, doc: dict[str, Any], out: Path) -> str:
-    res = doc["results"]
-    if dataset == "lfw":
-        body = ", ".join(f"{k}px {100 * r['accuracy']:.2f}%" for k, r in res.items())
-    elif dataset == "survface":
-        r = res["native"]
-        body = f"TAR@FAR=1% {100 * r['tar_at_far']['0.01']:.2f}%, AUC {100 * r['auc']:.2f}%"
-    else:
-        body = ", ".join(f"{k} rank-1 {100 * r['rank1']:.2f}%" + (f", mAP {100 * r['map']:.2f}%" if r.get("map") is not None else "") for k, r in res.items())
+    body = protocols.for_record(dataset).headline(doc)
     e = doc["embeddings"]
     sr = doc.get("super_resolution") or {}
     body += f" (probes super-resolved by runs/{sr['run']})" if sr.get("run") else ""

@@ -13,18 +13,18 @@ all pairs of the file together.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ..embed import Embeddings, ImageSet, Variant
 from ..errors import LrfrError
-from ..results import compact_roc
-from . import metrics as M
-from .base import Plan, variant_for
+from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, tar_rows, variant_for
+
+if TYPE_CHECKING:  # numpy and torch load with plan_lfw, not with the registry (lrfr report needs neither)
+    from ..embed import Embeddings, ImageSet
 
 SETTINGS = ("hr-hr", "hr-lr", "lr-lr")
 LAYOUT = "ROOT/lfw-deepfunneled/<Name>/<Name>_0001.jpg (or ROOT/<Name>/<Name>_0001.jpg) and ROOT/pairs.txt"
@@ -159,6 +159,12 @@ def plan_lfw(
     seed: int = 0,
     threshold_pairs: Path | None = None,
 ) -> Plan:
+    import numpy as np
+
+    from ..embed import Variant
+    from ..results import compact_roc
+    from . import metrics as M
+
     if setting not in SETTINGS:
         raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
     too_big = [s for s in sizes if s > input_size]
@@ -240,3 +246,78 @@ def plan_lfw(
             "hr_side": {"hr-lr": "first image of each pair HR, second degraded", "lr-lr": "both degraded", "hr-hr": "both HR"}[setting],
         },
     )
+
+
+class LfwProtocol(EvalProtocol):
+    """LFW verification; results keyed by probe size, metrics ``lfw[-PAIRS]/SETTING@SIZE``."""
+
+    name = "lfw"
+    title = "LFW"
+    layout = LAYOUT
+    options = ("sizes", "setting", "pairs", "threshold_pairs", "align", "method", "blur", "noise", "jpeg", "seed", "sr")
+    synthetic_lr = True
+    figures = ("accuracy_vs_size", "roc_per_size")
+    metric_help = ("lfw/SETTING@SIZE (accuracy; lfw-PAIRS/... for another pairs file, e.g. lfw-pairsDevTest/hr-lr@16), "
+                   "lfw/SETTING@SIZE:auc, lfw/SETTING@SIZE:tar@far=0.001")
+
+    def check(self, opts: EvalOptions) -> None:
+        if opts.setting not in SETTINGS:
+            raise LrfrError(f"--setting {opts.setting!r}: choose one of {', '.join(SETTINGS)}")
+
+    def plan(self, root: Path, opts: EvalOptions) -> Plan:
+        if not root.is_dir():
+            raise LrfrError(f"LFW not found at {root}; expected layout: ROOT/lfw-deepfunneled/<Name>/<Name>_0001.jpg and ROOT/pairs.txt (pass --data ROOT)")
+        from .sources import LfwCenterCrop
+
+        pairs_file = opts.pairs if opts.pairs is not None else root / "pairs.txt"
+        # the centre-crop warp stands in until eval has chosen the alignment (--align)
+        return plan_lfw(LfwCenterCrop(root), root, pairs_file, setting=opts.setting, sizes=opts.sizes,
+                        input_size=opts.input_size, method=opts.method, blur=opts.blur, noise=opts.noise,
+                        jpeg=opts.jpeg, seed=opts.seed, threshold_pairs=opts.threshold_pairs)
+
+    def output_name(self, opts: EvalOptions) -> str:
+        name = self.name
+        if opts.pairs is not None and opts.pairs.name != "pairs.txt":
+            name += "-" + opts.pairs.stem
+        if opts.setting != "hr-lr":
+            name += "-" + opts.setting
+        return name
+
+    def sr_refusal(self, opts: EvalOptions) -> str | None:
+        return "--setting hr-hr" if opts.setting == "hr-hr" else None
+
+    def model_warning(self, plan: Plan, model_config: Mapping[str, Any]) -> str | None:
+        if plan.info["folds"] > 1 and "lfw" in json.dumps(model_config.get("data", "")).lower():
+            return ("this run was trained on LFW images: View 2 shares its identities; score it on View 1 "
+                    "(--pairs $LRFR_DATA/lfw/pairsDevTest.txt) with a model trained on peopleDevTrain.txt identities")
+        return None
+
+    def record_sizes(self, results: Mapping[str, Any]) -> list[int] | None:
+        return sorted(int(k) for k in results)
+
+    def order_results(self, results: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(sorted(results.items(), key=lambda kv: int(kv[0])))
+
+    def table(self, doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+        rows = [[f"{k} px", pct(r["accuracy"]), pct(r["accuracy_std"]), pct(r["auc"]), pct(r["tar_at_far"].get("0.001"))]
+                for k, r in doc["results"].items()]
+        return ["size", "accuracy %", "± std", "AUC %", "TAR@FAR=1e-3 %"], rows
+
+    def headline(self, doc: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k}px {100 * r['accuracy']:.2f}%" for k, r in doc["results"].items())
+
+    def protocol_id(self, doc: Mapping[str, Any]) -> str:
+        """``lfw`` for View 2's pairs.txt, ``lfw-<pairs file stem>`` for any other pairs file."""
+        pairs = (doc.get("protocol_info") or {}).get("pairs_file")
+        stem = Path(str(pairs)).stem if pairs else "pairs"
+        return "lfw" if stem == "pairs" else f"lfw-{stem}"
+
+    def metrics(self, protocol_id: str, setting: str | None, results: Mapping[str, Any]) -> Iterable[MetricRow]:
+        for size, r in results.items():
+            base = f"{protocol_id}/{setting or 'hr-lr'}@{size}"
+            yield base, r.get("accuracy"), True
+            yield f"{base}:auc", r.get("auc"), False
+            yield from tar_rows(base, r)
+
+
+PROTOCOL = LfwProtocol()

@@ -16,19 +16,18 @@ A mugshot that ties the true one counts against the probe (see
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ..data.images import IMAGE_EXTS
-from ..embed import Embeddings, Variant
 from ..errors import LrfrError
-from . import metrics as M
-from .base import Plan
-from .identification import identify
-from .sources import LandmarkWarp
+from .base import EvalOptions, IdentificationProtocol, Plan
+
+if TYPE_CHECKING:  # numpy and torch load with plan_scface, not with the registry (lrfr report needs neither)
+    import numpy as np
+
+    from ..embed import Embeddings
 
 DISTANCES = (1, 2, 3)
 DISTANCE_METRES = {1: 4.20, 2: 2.60, 3: 1.00}
@@ -54,6 +53,8 @@ def parse_distances(text: str) -> list[int]:
 
 def read_landmarks(path: Path) -> list[tuple[str, np.ndarray, int]]:
     """``(relative path, 5x2 points, line)`` rows of a landmark CSV; malformed → ``file:line``."""
+    import numpy as np
+
     if not path.is_file():
         raise LrfrError(f"landmark list {path} does not exist (pass --landmarks DIR holding scface_mugshot.csv, scface_distance1..3.csv)")
     rows = []
@@ -73,12 +74,21 @@ def read_landmarks(path: Path) -> list[tuple[str, np.ndarray, int]]:
 
 def _index(folder: Path) -> dict[str, str]:
     """lower-case file stem → file name, so ``001_frontal.JPG`` matches a list's ``001_frontal.jpg``."""
+    from ..data.images import IMAGE_EXTS
+
     if not folder.is_dir():
         return {}
     return {p.stem.lower(): p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")}
 
 
 def plan_scface(root: Path, landmarks_dir: Path, distances: list[int], input_size: int = 112) -> Plan:
+    import numpy as np
+
+    from ..embed import Variant
+    from . import metrics as M
+    from .identification import identify
+    from .sources import LandmarkWarp
+
     if not (root / GALLERY_DIR).is_dir() or not (root / PROBE_DIR).is_dir():
         raise LrfrError(f"SCface not found at {root}; expected layout: {LAYOUT} (pass --data ROOT)")
     gal_index = _index(root / GALLERY_DIR)
@@ -153,3 +163,24 @@ def plan_scface(root: Path, landmarks_dir: Path, distances: list[int], input_siz
         score=score,
         info={"landmarks": str(landmarks_dir), "distances": distances, "gallery": len(gallery), "rank_ties": M.TIES_NOTE},
     )
+
+
+class ScfaceProtocol(IdentificationProtocol):
+    """SCface rank-k per distance; metrics ``scface/dN:rankK``."""
+
+    name = "scface"
+    title = "SCface"
+    layout = LAYOUT
+    options = ("distance", "landmarks")
+    figures = ("cmc",)
+    metric_help = "scface/dN:rank1 (rank5, rank10, rank20)"
+
+    def check(self, opts: EvalOptions) -> None:
+        parse_distances(opts.distance)
+
+    def plan(self, root: Path, opts: EvalOptions) -> Plan:
+        lm_dir = opts.landmarks or Path(os.environ.get("LRFR_DATA", "data")).expanduser() / "protocols" / "scface"
+        return plan_scface(root, lm_dir, parse_distances(opts.distance), input_size=opts.input_size)
+
+
+PROTOCOL = ScfaceProtocol()

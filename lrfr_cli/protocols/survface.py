@@ -14,17 +14,15 @@ Reported: TAR at FAR = 30 %, 10 %, 1 %, 0.1 % and ROC AUC over all pairs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ..embed import Embeddings, Variant
 from ..errors import LrfrError
-from ..results import compact_roc
-from . import metrics as M
-from .base import Plan
-from .sources import ResizedCrops
+from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, result_base, tar_rows
+
+if TYPE_CHECKING:  # numpy and torch load with plan_survface, not with the registry (lrfr report needs neither)
+    from ..embed import Embeddings
 
 FARS = (0.3, 0.1, 0.01, 0.001)
 SUB = "Face_Verification_Test_Set"
@@ -33,6 +31,8 @@ LAYOUT = f"ROOT/{SUB}/verification_images/*.jpg, ROOT/{SUB}/positive_pairs_names
 
 def _strings(x: Any) -> list[str]:
     """Flatten a MATLAB cell/char array as scipy.io.loadmat returns it into Python strings."""
+    import numpy as np
+
     if isinstance(x, str):
         return [x]
     if isinstance(x, bytes):
@@ -47,6 +47,7 @@ def _strings(x: Any) -> list[str]:
 
 
 def read_pairs_mat(path: Path, key: str) -> list[tuple[str, str]]:
+    import numpy as np
     from scipy.io import loadmat
 
     if not path.is_file():
@@ -77,6 +78,13 @@ def read_pairs_mat(path: Path, key: str) -> list[tuple[str, str]]:
 
 
 def plan_survface(root: Path, input_size: int = 112) -> Plan:
+    import numpy as np
+
+    from ..embed import Variant
+    from ..results import compact_roc
+    from . import metrics as M
+    from .sources import ResizedCrops
+
     base = root / SUB if (root / SUB).is_dir() else root
     img_dir = base / "verification_images"
     if not img_dir.is_dir():
@@ -113,3 +121,36 @@ def plan_survface(root: Path, input_size: int = 112) -> Plan:
         score=score,
         info={"pairs": len(pairs)},
     )
+
+
+class SurvfaceProtocol(EvalProtocol):
+    """QMUL-SurvFace verification; metrics ``survface:tar@far=F`` (headline 1 %) and ``survface:auc``."""
+
+    name = "survface"
+    title = "QMUL-SurvFace"
+    data_dir = "QMUL-SurvFace"
+    layout = LAYOUT
+    figures = ("roc",)
+    metric_help = "survface:tar@far=0.01 (0.3, 0.1, 0.001), survface:auc"
+
+    def plan(self, root: Path, opts: EvalOptions) -> Plan:
+        return plan_survface(root, input_size=opts.input_size)
+
+    def table(self, doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+        r = doc["results"]["native"]
+        tf = r["tar_at_far"]
+        return (["pairs", "TAR@30%", "TAR@10%", "TAR@1%", "TAR@0.1%", "AUC %"],
+                [[str(r["pairs"]), pct(tf["0.3"]), pct(tf["0.1"]), pct(tf["0.01"]), pct(tf["0.001"]), pct(r["auc"])]])
+
+    def headline(self, doc: Mapping[str, Any]) -> str:
+        r = doc["results"]["native"]
+        return f"TAR@FAR=1% {100 * r['tar_at_far']['0.01']:.2f}%, AUC {100 * r['auc']:.2f}%"
+
+    def metrics(self, protocol_id: str, setting: str | None, results: Mapping[str, Any]) -> Iterable[MetricRow]:
+        for key, r in results.items():
+            base = result_base(protocol_id, key)
+            yield from tar_rows(base, r, headline_far="0.01")
+            yield f"{base}:auc", r.get("auc"), True
+
+
+PROTOCOL = SurvfaceProtocol()

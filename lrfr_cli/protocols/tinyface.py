@@ -20,14 +20,13 @@ against the probe, as the ranks do).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data.images import list_images
-from ..embed import Embeddings, Variant
 from ..errors import LrfrError
-from .base import Plan
-from .identification import identify
-from .sources import ResizedCrops
+from .base import EvalOptions, IdentificationProtocol, Plan
+
+if TYPE_CHECKING:  # numpy and torch load with plan_tinyface, not with the registry (lrfr report needs neither)
+    from ..embed import Embeddings
 
 LAYOUT = "ROOT/Testing_Set/{Probe,Gallery_Match}/<id>_<n>.jpg and ROOT/Testing_Set/Gallery_Distractor/"
 DISTRACTOR = "__distractor__"
@@ -43,6 +42,11 @@ def _label(rel: str) -> str:
 
 
 def plan_tinyface(root: Path, input_size: int = 112, distractors: bool = True) -> Plan:
+    from ..data.images import list_images
+    from ..embed import Variant
+    from .identification import identify
+    from .sources import ResizedCrops
+
     base = root / "Testing_Set" if (root / "Testing_Set").is_dir() else root
     probe_dir, match_dir, dis_dir = base / "Probe", base / "Gallery_Match", base / "Gallery_Distractor"
     if not probe_dir.is_dir() or not match_dir.is_dir():
@@ -76,3 +80,21 @@ def plan_tinyface(root: Path, input_size: int = 112, distractors: bool = True) -
         score=score,
         info={"probes": len(probes), "gallery_match": len(matches), "distractors": len(dis)},
     )
+
+
+class TinyfaceProtocol(IdentificationProtocol):
+    """TinyFace rank-k and mAP; metrics ``tinyface:rankK`` and ``tinyface:map``."""
+
+    name = "tinyface"
+    title = "TinyFace"
+    layout = LAYOUT
+    options = ("distractors",)
+    figures = ("cmc",)
+    headline_keys = ("rank1", "map")
+    metric_help = "tinyface:rank1 (rank5 ... rank50), tinyface:map"
+
+    def plan(self, root: Path, opts: EvalOptions) -> Plan:
+        return plan_tinyface(root, input_size=opts.input_size, distractors=opts.distractors)
+
+
+PROTOCOL = TinyfaceProtocol()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import protocols
 from ..results import EvalRecord
 from ..ui import ProgressFn, null_progress
 from .table import Report, row_name
@@ -46,24 +47,29 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
 
 def planned(report: Report, ws_root: Path) -> list[tuple[str, Callable[[Any], Any]]]:
     """``(file name, draw(plt) -> figure)`` for every figure this report has data for."""
-    lfw = [r for r in report.records if r.dataset == "lfw"]
+    # which figures a record gets is its protocol's ``figures`` (lrfr_cli.protocols), in registration order
+    def having(figure: str) -> list[str]:
+        return [p.name for p in protocols.PROTOCOLS.values() if figure in p.figures]
+
+    sized = [r for r in report.records if r.dataset in having("accuracy_vs_size") + having("roc_per_size")]
     jobs: list[tuple[str, Callable[[Any], Any]]] = []
     groups: dict[tuple[str, str], list[EvalRecord]] = {}
-    for r in lfw:
+    for r in sized:
         groups.setdefault((r.protocol_id, r.setting or "hr-lr"), []).append(r)
     for (proto, setting), recs in sorted(groups.items()):
-        if any(len(r.results) > 1 for r in recs):
+        if any(len(r.results) > 1 for r in recs) and recs[0].dataset in having("accuracy_vs_size"):
             jobs.append((f"accuracy_vs_size_{_safe(proto)}_{setting}.png", lambda plt, p=proto, s=setting, rs=recs: _accuracy_vs_size(plt, p, s, rs)))
         for r in recs:
-            if any(isinstance(v.get("roc"), dict) for v in r.results.values()):
+            if r.dataset in having("roc_per_size") and any(isinstance(v.get("roc"), dict) for v in r.results.values()):
                 jobs.append((f"roc_{_safe(row_name(r))}_{_safe(proto)}_{setting}.png", lambda plt, rec=r: _roc_per_size(plt, rec)))
-    for ds in ("scface", "tinyface"):
+    for ds in having("cmc"):
         recs = [r for r in report.records if r.dataset == ds and any(v.get("cmc") for v in r.results.values())]
         if recs:
             jobs.append((f"cmc_{ds}.png", lambda plt, rs=recs, d=ds: _cmc(plt, d, rs)))
-    recs = [r for r in report.records if r.dataset == "survface" and "native" in r.results]
-    if recs:
-        jobs.append(("survface_roc.png", lambda plt, rs=recs: _survface_roc(plt, rs)))
+    for ds in having("roc"):
+        recs = [r for r in report.records if r.dataset == ds and "native" in r.results]
+        if recs:
+            jobs.append((f"{ds}_roc.png", lambda plt, rs=recs: _survface_roc(plt, rs)))
     for row in report.rows:
         f = ws_root / "runs" / row.run / "metrics.jsonl"
         if f.is_file():

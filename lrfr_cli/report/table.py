@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import protocols
 from ..errors import LrfrError
 from ..results import EvalRecord, ResultsError
 
 REPORT_SCHEMA = "lrfr.report/1"
 INFO_COLUMNS = ("run", "loss", "backbone", "data", "parent")
-_DATASET_ORDER = {"lfw": 0, "scface": 1, "survface": 2, "tinyface": 3}
 _SETTING_ORDER = {"hr-hr": 0, "hr-lr": 1, "lr-lr": 2}
 _PARENT_KEYS = ("parent", "parent_run", "from", "from_run", "init_from", "finetune_from")
 
@@ -119,12 +119,12 @@ def _md(s: str) -> str:
 
 
 def metric_sort_key(name: str) -> tuple[Any, ...]:
-    """protocol, then setting (hr-hr, hr-lr, lr-lr), then size numerically, then the sub-metric."""
+    """protocol (in registration order), then setting (hr-hr, hr-lr, lr-lr), then size numerically, then the sub-metric."""
     head, _, sub = name.partition(":")
     proto, _, rest = head.partition("/")
     setting, at, size = rest.partition("@")
     dataset = proto.split("-", 1)[0]
-    return (_DATASET_ORDER.get(dataset, 9), proto, _SETTING_ORDER.get(setting, 5), setting,
+    return (protocols.order(dataset), proto, _SETTING_ORDER.get(setting, 5), setting,
             int(size) if at and size.isdigit() else -1, rest, sub != "", sub)
 
 
