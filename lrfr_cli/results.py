@@ -249,4 +249,4 @@ def compact_roc(fpr: Sequence[float], tpr: Sequence[float], max_points: int = RO
     return {"fpr": [float(f"{v:.6g}") for v in f[idx]], "tpr": [float(f"{v:.6g}") for v in t[idx]]}
 
 
-__all__ = ["METRIC_HELP", "SCHEMA", "SCHEMA_VERSION", "EvalRecord", "Metric", "ResultsError", "compact_roc"]
+__all__ = ["METRIC_HELP", "SCHEMA", "SCHEMA_VERSION", "EvalRecord", "Metric", "ResultsError", "compact_roc", "metric_help"]

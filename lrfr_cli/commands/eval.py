@@ -83,7 +83,7 @@ def eval_cmd(
     threshold_pairs: Optional[Path] = typer.Option(None, "--threshold-pairs", help=f"{_for('threshold_pairs')} with single-fold pairs files, pairs to choose the threshold on (default: pairsDevTrain.txt beside pairsDevTest.txt)."),
     align: str = typer.Option("mtcnn", "--align", help=f"{_for('align')} mtcnn (as `lrfr align` made the training faces; cached in aligned/lfw-mtcnn), center-crop (fixed warp of the deep-funneled image; fast), none (already aligned)."),
     distance: str = typer.Option("all", "--distance", help=f"{_for('distance')} probe distance 1 (4.20 m), 2 (2.60 m), 3 (1.00 m), a list like 1,2, or all."),
-    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help=f"{_for('landmarks')} folder with scface_mugshot.csv and scface_distance{1,2,3}.csv (default $LRFR_DATA/protocols/scface)."),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help=f"{_for('landmarks')} folder with scface_mugshot.csv and scface_distance{{1,2,3}}.csv (default $LRFR_DATA/protocols/scface)."),
     distractors: bool = typer.Option(True, "--distractors/--no-distractors", help=f"{_for('distractors')} add Gallery_Distractor to the gallery (the official protocol)."),
     method: str = typer.Option("bicubic", "--method", help=f"Down-sampling filter for LR probes. {METHOD_HELP}"),
     blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma before down-sampling (as `lrfr degrade`)."),
