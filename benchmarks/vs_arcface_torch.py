@@ -299,7 +299,7 @@ def run_lrfr(row: Row, data: Path, ws: Path, steps: int, warmup: int, workers: i
 
 
 # --------------------------------------------------------------------------- profile
-def profile_row(row: Row, steps: int, workers: int, out_dir: Path) -> None:
+def profile_row(row: Row, steps: int, workers: int, work: Path, out_dir: Path) -> None:
     """``row``'s settings through the lrfr loop (``engine.loop.fit``) in-process, under
     torch.profiler for 10 steps after 20 warm-up steps; prints the top kernels by GPU time and
     the share of the step the GPU is busy."""
@@ -337,7 +337,8 @@ def profile_row(row: Row, steps: int, workers: int, out_dir: Path) -> None:
                 last[0] = now
                 prof.step()
 
-        fit(task, Synthetic(row.batch * (total + 1)), cfg, out_dir / f"profile-{row.name}", device=dev, info=dist_info(), config={}, progress=progress)
+        fit(task, Synthetic(row.batch * (total + 1)), cfg, work / f"profile-{row.name}", device=dev, info=dist_info(), config={}, progress=progress)
+    shutil.rmtree(work / f"profile-{row.name}", ignore_errors=True)
     avg = prof.key_averages()
     table = avg.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
     gpu_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) for e in avg
@@ -348,6 +349,11 @@ def profile_row(row: Row, steps: int, workers: int, out_dir: Path) -> None:
             f"({100 * gpu_us / 1e6 / max(wall, 1e-9):.0f} % busy; the rest is host overhead, syncs and data waits)\n{table}")
     print(text)
     (out_dir / f"profile-{row.name}.txt").write_text(text)
+
+
+def tail(log: Path, n: int = 40) -> str:
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    return "\n".join(f"    | {ln}" for ln in lines[-n:])
 
 
 # --------------------------------------------------------------------------- main
@@ -362,7 +368,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8, help="lrfr's data-loading workers")
     ap.add_argument("--timeout", type=float, default=420, help="seconds allowed per run")
     ap.add_argument("--work", default=str(REPO / ".bench" / "vs_arcface_torch"), help="folder for the synthetic RecordIO set and the lrfr workspace")
-    ap.add_argument("--out", default=None, help="folder for logs and results.json (default $OUT if set, else --work)")
+    ap.add_argument("--out", default=None, help="folder for the results JSON and profile tables (default $OUT if set, else --work); "
+                    "per-run logs go to --work/logs (a failed run's log tail is printed)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak in TFLOP/s (default: from its name, e.g. 989.4 for H100 SXM)")
     ap.add_argument("--profile", default=None, metavar="ROW", help="profile this row's settings in-process with torch.profiler instead of timing")
     args = ap.parse_args()
@@ -404,21 +411,27 @@ def main() -> None:
     print(f"GPU: {gpu}; peak {peak} TFLOP/s ({peak_src}); torch {torch.__version__}, CUDA {torch.version.cuda}; "
           f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
     if args.profile:
-        profile_row(ROWS[args.profile], args.steps, args.workers, out)
+        profile_row(ROWS[args.profile], args.steps, args.workers, work, out)
         return
 
     t = time.time()
     write_synthetic_recordio(data, n_images)
     print(f"synthetic RecordIO ({n_images:,} records, {CLASSES:,} classes) ready in {time.time() - t:.1f} s")
     results: list[Result] = []
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     if not args.no_peer:
-        res = run_peer(find_peers(args.peers), args.steps, args.warmup, args.timeout, out / "peer.log")
+        res = run_peer(find_peers(args.peers), args.steps, args.warmup, args.timeout, logs / "peer.log")
         results.append(res)
         print(f"arcface_torch: {res.images_per_s or 0:,.1f} img/s ({res.windows} windows){' ERROR ' + res.error if res.error else ''}", flush=True)
+        if res.error:
+            print(tail(logs / "peer.log"))
     for r in rows:
-        res = run_lrfr(ROWS[r], data, ws, args.steps + args.warmup, args.warmup, args.workers, args.timeout, out / f"lrfr-{r}.log")
+        res = run_lrfr(ROWS[r], data, ws, args.steps + args.warmup, args.warmup, args.workers, args.timeout, logs / f"lrfr-{r}.log")
         results.append(res)
         print(f"lrfr {r}: {res.images_per_s or 0:,.1f} img/s ({res.windows} windows){' ERROR ' + res.error if res.error else ''}", flush=True)
+        if res.error:
+            print(tail(logs / f"lrfr-{r}.log"))
         shutil.rmtree(ws / "runs" / f"bench-{r}" / "checkpoints", ignore_errors=True)  # ~0.6 GB each (93k-class head + momentum)
 
     peer = next((x for x in results if x.name == "arcface_torch" and x.images_per_s), None)
@@ -433,7 +446,7 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |")
     doc = {"gpu": gpu, "peak_tflops": peak, "forward_flops": flops, "warmup": args.warmup, "steps": args.steps,
            "torch": torch.__version__, "results": [asdict(x) | {"mfu": mfu(x.images_per_s, flops["total"], peak)} for x in results]}
-    (out / "vs_arcface_torch.json").write_text(json.dumps(doc, indent=2))
+    (out / f"vs_arcface_torch-{'sweep' if args.no_peer else 'bench'}.json").write_text(json.dumps(doc, indent=2))
     if any(x.error for x in results):
         sys.exit(1)
 
