@@ -6,9 +6,11 @@
 #   scripts/gpu_session.sh prepare          # HERE, on the CPU machine, once: .whl/ .peers/ .gpudata/ .lfw/
 #   scripts/gpu_session.sh STEP [STEP...]   # THERE, on the GPU machine; each step fits a 10-minute call
 #
-# Steps (GPU):  install  test  bench  sweep  profile  eval  align   ("install" runs before any other)
+# Steps (GPU):  install  test  bench  sweep  profile  eval  align  stage-lfw   ("install" runs first)
 # What each call must carry (the working tree may not exceed 64 MiB):
-#   test, align : .whl .gpudata        bench, sweep, profile : .peers        eval : .lfw
+#   test, align : .whl .gpudata        bench, sweep, profile : .peers        eval : .lfw (62.2 MiB)
+# If the tool counts .lfw + the tree over 64 MiB: two back-to-back calls on the warm machine,
+#   carry .lfw_a -> "stage-lfw", then carry .lfw_b -> "stage-lfw eval" (halves made by prepare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -25,7 +27,7 @@ prepare() {
     local venv_py=${VENV_PY:-$REPO/.venv/bin/python}
     say "prepare: wheels (.whl), peer (.peers), test data (.gpudata), LFW View 2 (.lfw)"
     mkdir -p .git/info && touch .git/info/exclude
-    for p in /.whl/ /.peers/ /.gpudata/ /.lfw/ /.bench/; do grep -qxF "$p" .git/info/exclude || echo "$p" >> .git/info/exclude; done
+    for p in /.whl/ /.peers/ /.gpudata/ /.lfw/ /.lfw_a/ /.lfw_b/ /.bench/; do grep -qxF "$p" .git/info/exclude || echo "$p" >> .git/info/exclude; done
     # facenet-pytorch is pure Python; --no-deps so nothing else comes along (torch is the machine's).
     ls .whl/facenet_pytorch-2.5.3-*.whl >/dev/null 2>&1 || "$venv_py" -m pip download -q --no-deps --only-binary=:all: -d .whl facenet-pytorch==2.5.3
     [ -d .peers/arcface_torch ] || cp -r "${LRFR_PEERS:-$SHARED/peers}" .peers
@@ -91,8 +93,20 @@ for rel in rels:
     if a is None or b is None or not np.array_equal(a, b):
         dst.unlink(); raise SystemExit(f"{rel}: jpegtran changed the pixels")
 print(f"View 2: {len(rels)} photos, identical pixels after jpegtran -optimize")
+# the same photos in two halves (hard links), for a machine that must receive them in two calls
+people = sorted({r.split("/")[0] for r in rels})
+for half, names in ((".lfw_a", people[: len(people) // 2]), (".lfw_b", people[len(people) // 2 :])):
+    for name in names:
+        d = Path(half) / "lfw" / "lfw-deepfunneled" / name
+        d.mkdir(parents=True, exist_ok=True)
+        for f in (v / "lfw-deepfunneled" / name).iterdir():
+            if not (d / f.name).exists():
+                os.link(f, d / f.name)
+shutil.copy2(lfw / "pairs.txt", Path(".lfw_a") / "lfw" / "pairs.txt")
 EOF
-    for d in .whl .peers .gpudata .lfw; do printf '%-9s %6.1f MiB\n' "$d" "$(du -sb "$d" | awk -v m=$MIB '{print $1 / m}')"; done
+    for d in .whl .peers .gpudata .lfw .lfw_a .lfw_b; do
+        printf '%-9s %6.1f MiB of files\n' "$d" "$(find "$d" -type f -printf '%s\n' | awk -v m=$MIB '{s += $1} END {print s / m}')"
+    done
     local tree
     tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
     awk -v b="$tree" -v m=$MIB 'BEGIN { printf "working tree without carried folders: %.1f MiB; each call must stay under 64 MiB\n", b / m }'
@@ -127,7 +141,7 @@ bench() {  # the side-by-side rows: the peer, lrfr with its settings, lrfr bf16 
 
 sweep() {  # lrfr's best settings (no peer): compile, bigger batches
     say "lrfr sweep"
-    "$PY" benchmarks/vs_arcface_torch.py --no-peer --rows bf16-cl-compile,bf16-cl-b256,bf16-cl-b512,bf16-cl-compile-b512 --out "$OUT" 2>&1 | tee "$OUT/sweep.log"
+    "$PY" benchmarks/vs_arcface_torch.py --no-peer --steps 150 --rows bf16-cl-compile,bf16-cl-b256,bf16-cl-b512,bf16-cl-compile-b512 --out "$OUT" 2>&1 | tee "$OUT/sweep.log"
 }
 
 profile() {  # where the time goes, before tuning
@@ -136,10 +150,24 @@ profile() {  # where the time goes, before tuning
     "$PY" benchmarks/vs_arcface_torch.py --profile bf16-cl --out "$OUT" 2>&1 | tee -a "$OUT/profile.log"
 }
 
+STAGED=/tmp/lfw-staged
+stage_lfw() {  # collect the carried half (.lfw_a or .lfw_b) outside the repo, where the next call finds it
+    say "stage LFW"
+    local d
+    for d in .lfw_a .lfw_b; do [ -d "$d" ] && mkdir -p "$STAGED" && cp -a "$d/." "$STAGED/" && echo "staged $d"; done
+    echo "$(find "$STAGED" -name '*.jpg' 2>/dev/null | wc -l) of 7701 View-2 photos staged in $STAGED"
+}
+
 eval_speed() {  # full LFW View 2 HR-LR, ir50, 6 sizes: cold wall time and the embedding stage's share
     say "eval speed"
-    [ -f .lfw/lfw/pairs.txt ] || { echo "carry .lfw (scripts/gpu_session.sh prepare makes it)" >&2; return 2; }
-    export LRFR_DATA=$REPO/.lfw
+    if [ -f .lfw/lfw/pairs.txt ]; then
+        export LRFR_DATA=$REPO/.lfw
+    elif [ -f $STAGED/lfw/pairs.txt ] && [ "$(find $STAGED -name '*.jpg' | wc -l)" -eq 7701 ]; then
+        export LRFR_DATA=$STAGED
+    else
+        echo "carry .lfw (or stage .lfw_a and .lfw_b first); scripts/gpu_session.sh prepare makes them" >&2; return 2
+    fi
+    echo "LFW View 2 from $LRFR_DATA"
     local ws=/tmp/lrfr-eval-ws
     rm -rf "$ws"
     # a random-init ir50 run: speed does not depend on the weights
@@ -183,9 +211,9 @@ align_speed() {
     LRFR_DATA=$REPO/.gpudata/align "$PY" benchmarks/align.py --device cuda --limit 600 --workers 0,4,8 --rounds 3 --batch-size 32 --profile 2>&1 | tee "$OUT/align.log"
 }
 
-[ $# -ge 1 ] || { sed -n '2,12p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,13p' "$0"; exit 2; }
 if [ "$1" = prepare ]; then prepare; exit 0; fi
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device here: GPU steps need a GPU machine (prepare runs on the CPU)" >&2; exit 2; }
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || { echo "no CUDA device here: GPU steps need a GPU machine (prepare runs on the CPU)" >&2; exit 2; }
 install
 status=0
 for step in "$@"; do
@@ -197,7 +225,8 @@ for step in "$@"; do
         profile) profile || status=1 ;;
         eval) eval_speed || status=1 ;;
         align) align_speed || status=1 ;;
-        *) echo "unknown step $step (install test bench sweep profile eval align; prepare on the CPU)" >&2; exit 2 ;;
+        stage-lfw) stage_lfw ;;
+        *) echo "unknown step $step (install test bench sweep profile eval align stage-lfw; prepare on the CPU)" >&2; exit 2 ;;
     esac
 done
 exit $status
