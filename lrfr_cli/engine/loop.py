@@ -212,7 +212,10 @@ def fit(
     if resume:
         if not last_path.is_file():
             raise LrfrError(f"--resume: no checkpoint at {last_path}; start the run without --resume")
-        ck = load_checkpoint(last_path, map_location=device)
+        # Onto the CPU: the RNG states in it must stay CPU ByteTensors (set_rng_state refuses CUDA
+        # ones); load_state_dict copies weights, and the optimiser casts its state, to each
+        # parameter's device.
+        ck = load_checkpoint(last_path, map_location="cpu")
         missing = [k for k in (*modules, "optimizer", "step") if k not in ck]
         if missing:
             raise LrfrError(f"{last_path}: not an lrfr training checkpoint (missing {', '.join(missing)})")
