@@ -55,7 +55,8 @@ def make_workspace(ws: Path, training: bool = True) -> dict[str, dict[str, Path]
     for run, (loss, extra) in RUNS.items():
         rd = ws / "runs" / run
         rd.mkdir(parents=True)
-        parent = {"parent": "runs/arc"} if run == "ada" else {}
+        # as `lrfr finetune` records its parent
+        parent = {"parent": {"name": "arc", "source": "run", "checkpoint": str(ws / "runs/arc/checkpoints/last.pt"), "checkpoint_sha1": "0" * 40}} if run == "ada" else {}
         (rd / "config.json").write_text(json.dumps({"backbone": "ir18", "loss": loss, "data": str(ws / "lists" / "celeba"), **parent}))
         if training:
             lines = []

@@ -188,6 +188,8 @@ def run_info(ws_root: Path, rec: EvalRecord) -> dict[str, str]:
     info["backbone"] = str(cfg.get("backbone") or info["backbone"])
     info["data"] = _short_data(cfg.get("data"))
     parent = next((cfg[k] for k in _PARENT_KEYS if cfg.get(k)), "")
+    if isinstance(parent, dict):  # finetune records {"name", "source", "checkpoint", "checkpoint_sha1", ...}
+        parent = parent.get("name") or parent.get("checkpoint") or ""
     info["parent"] = Path(str(parent)).name if parent else ""
     return info
 
