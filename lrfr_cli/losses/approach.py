@@ -44,7 +44,6 @@ import math
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..data.quality import QUALITY_HELP, check_quality_mode, laplacian_quality
 from ..errors import LrfrError
@@ -119,11 +118,6 @@ class Approach1Head(ArcFaceHead):
             self._last_margin = margin.detach()
         return super().forward(embeddings, labels, margin)
 
-    def loss(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None, *, is_lr: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return F.cross_entropy(self(embeddings, labels, margin, is_lr=is_lr), labels)
-
     def stats(self) -> dict[str, torch.Tensor]:
         """Named values for metrics.jsonl (0-d tensors; the caller decides when to sync)."""
         return {} if self._last_margin is None else {"margin_mean": self._last_margin.mean()}
@@ -193,11 +187,6 @@ class Approach2Head(ArcFaceHead):
                 raise ValueError(f"approach2: {images.shape[0]} images for {embeddings.shape[0]} embeddings")
             margin = self.sample_margins(images).to(embeddings.device)
         return super().forward(embeddings, labels, margin)
-
-    def loss(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None, *, images: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return F.cross_entropy(self(embeddings, labels, margin, images=images), labels)
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Named values for metrics.jsonl (0-d tensors; the caller decides when to sync)."""
