@@ -65,10 +65,10 @@ CLASSES = 1000
 class Synthetic(FaceDataset):
     """Random faces held in memory: measures the loop, not the disk."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, classes: int = CLASSES) -> None:
         g = np.random.default_rng(0)
         self.pool = g.integers(0, 256, (64, 112, 112, 3), dtype=np.uint8)
-        self.labels = g.integers(0, CLASSES, n)
+        self.labels = g.integers(0, classes, n)
 
     def image(self, i: int) -> np.ndarray:
         return self.pool[i % 64]

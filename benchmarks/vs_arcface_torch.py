@@ -305,20 +305,13 @@ def profile_row(row: Row, steps: int, workers: int, work: Path, out_dir: Path) -
     the share of the step the GPU is busy."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from lrfr_cli.data.faces import FaceDataset
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train import Synthetic  # benchmarks/train.py: random faces held in memory
+
     from lrfr_cli.engine import dist_info, resolve_device
     from lrfr_cli.engine.loop import ClassifierTask, LoopConfig, fit
     from lrfr_cli.losses import build_head
     from lrfr_cli.models import build_backbone
-
-    class Synthetic(FaceDataset):
-        def __init__(self, n: int) -> None:
-            g = np.random.default_rng(0)
-            self.pool = g.integers(0, 256, (64, 112, 112, 3), dtype=np.uint8)
-            self.labels = g.integers(0, CLASSES, n)
-
-        def image(self, i: int) -> np.ndarray:
-            return self.pool[i % 64]
 
     dev = resolve_device("cuda")
     torch.manual_seed(0)
@@ -337,7 +330,7 @@ def profile_row(row: Row, steps: int, workers: int, work: Path, out_dir: Path) -
                 last[0] = now
                 prof.step()
 
-        fit(task, Synthetic(row.batch * (total + 1)), cfg, work / f"profile-{row.name}", device=dev, info=dist_info(), config={}, progress=progress)
+        fit(task, Synthetic(row.batch * (total + 1), CLASSES), cfg, work / f"profile-{row.name}", device=dev, info=dist_info(), config={}, progress=progress)
     shutil.rmtree(work / f"profile-{row.name}", ignore_errors=True)
     avg = prof.key_averages()
     table = avg.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
