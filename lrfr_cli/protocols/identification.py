@@ -20,18 +20,14 @@ def average_precisions(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels
     O(true matches × gallery) comparisons, not a sort per probe.
     """
     sim = np.asarray(sim)
-    p = np.asarray(probe_labels)
-    g = np.asarray(gallery_labels)
-    if sim.shape != (p.size, g.size):
-        raise ValueError(f"similarity matrix {sim.shape} does not match {p.size} probes x {g.size} gallery")
-    match = p[:, None] == g[None, :]
+    match = M.match_matrix(sim, probe_labels, gallery_labels)
     n_pos = match.sum(axis=1)
-    ap = np.full(p.size, np.nan)
-    if p.size == 0 or not n_pos.any():
+    ap = np.full(match.shape[0], np.nan)
+    if match.shape[0] == 0 or not n_pos.any():
         return ap
     k_max = int(n_pos.max())
     # Scores of each probe's true matches, left-aligned and padded with -inf: probes x k_max.
-    pos = np.full((p.size, k_max), -np.inf)
+    pos = np.full((match.shape[0], k_max), -np.inf)
     rows, cols = np.nonzero(match)
     slot = np.arange(rows.size) - np.searchsorted(rows, rows)  # position among the row's matches
     pos[rows, slot] = sim[rows, cols]

@@ -156,6 +156,15 @@ TIES_NOTE = (
 )
 
 
+def match_matrix(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """probes × gallery booleans: same identity; checks ``sim`` has that shape."""
+    p = np.asarray(probe_labels)
+    g = np.asarray(gallery_labels)
+    if np.shape(sim) != (p.size, g.size):
+        raise ValueError(f"similarity matrix {np.shape(sim)} does not match {p.size} probes x {g.size} gallery")
+    return p[:, None] == g[None, :]
+
+
 def true_match_ranks(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
     """1-based rank of the best-scoring correct gallery entry for each probe.
 
@@ -167,11 +176,7 @@ def true_match_ranks(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels: 
     Probes whose identity is absent from the gallery get rank 0 (callers exclude or count them).
     """
     sim = np.asarray(sim, dtype=np.float64)
-    p = np.asarray(probe_labels)
-    g = np.asarray(gallery_labels)
-    if sim.shape != (p.size, g.size):
-        raise ValueError(f"similarity matrix {sim.shape} does not match {p.size} probes x {g.size} gallery")
-    match = p[:, None] == g[None, :]
+    match = match_matrix(sim, probe_labels, gallery_labels)
     has = match.any(axis=1)
     best_true = np.where(match, sim, -np.inf).max(axis=1)
     wrong_not_lower = (np.where(match, -np.inf, sim) >= best_true[:, None]).sum(axis=1)
