@@ -297,12 +297,6 @@ class Run:
         """Counts/results stored in the manifest when the run completes."""
         self.counts.update(counts)
 
-    def checkpoint(self, **counts: Any) -> None:
-        """Persist progress counts while still running (helps ``lrfr status``)."""
-        self.counts.update(counts)
-        self.manifest["counts"] = self.counts
-        atomic_write_json(self.artifact.manifest_path, self.manifest)
-
 
 class Artifact:
     """A folder of the workspace that one command owns."""
@@ -331,9 +325,6 @@ class Artifact:
     def status(self) -> str | None:
         m = self.manifest()
         return m.get("status") if m else None
-
-    def is_complete(self) -> bool:
-        return self.status == "complete"
 
     @contextmanager
     def lock(self) -> Iterator[None]:
