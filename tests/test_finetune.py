@@ -291,13 +291,46 @@ def test_distill_with_p_down_0_and_lambda_0_is_the_classifier_task():
     assert lossy(dict(batch), _ctx()).loss.item() != pytest.approx(want.item(), abs=1e-4)
 
 
+def test_pure_feature_distillation_has_no_head_and_matches_a_hand_computation():
+    """id_weight=0, hr_weight=1, p_down=1, cosine: L = λ·[mean(1 − cos(s(LR), t(HR))) + mean(1 − cos(s(HR), t(HR)))]."""
+    batch = {"images": _images(8), "labels": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
+    model = _tiny()
+    torch.manual_seed(1)
+    teacher = build_backbone("tiny", 16)  # another network: the HR term is not 0 either
+    opts = {"p_down": 1.0, "lam": 2.0, "feature_loss": "cosine", "hr_weight": 1.0, "id_weight": 0.0}
+    task = build_method("distill", model, embedding_size=16, num_classes=4, lr_sizes=(8, 12), opts=opts,
+                        loss="arcface", head_kw={}, teacher=teacher)
+    assert not task.has_head() and not any(True for _ in task.head.parameters())
+    task.train(False)  # BatchNorm on running statistics, so separate forwards are comparable
+    out = task(dict(batch), _ctx())
+    assert set(out.terms) == {"feature", "feature_hr", "p_down"}
+    lr_imgs, chosen = degrade_rows(batch["images"], (8, 12), _ctx())
+    assert bool(chosen.all())
+    ctx = _ctx()
+    with torch.no_grad():
+        t = teacher(ctx.prepare(batch["images"]))
+        s_lr, s_hr = model(ctx.prepare(lr_imgs)), model(ctx.prepare(batch["images"]))
+    want = 2.0 * ((1 - F.cosine_similarity(s_lr, t)).mean() + (1 - F.cosine_similarity(s_hr, t)).mean())
+    # one batched forward vs two: fp32 rounding of O(1) cosines, far below the loss's size
+    assert out.loss.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+    assert out.loss.item() > 1e-3  # the student and the teacher start apart: a real loss
+
+
+def test_distill_refuses_an_empty_loss():
+    from lrfr_cli.errors import LrfrError
+
+    with pytest.raises(LrfrError, match="nothing to learn"):
+        resolve_options("distill", {"id_weight": 0.0, "lam": 0.0})
+
+
 def test_distill_curriculum_raises_p_down_linearly():
     task = build_method("distill", _tiny(), embedding_size=16, num_classes=4, lr_sizes=(8,),
                         opts={"p_down": 0.1, "p_down_end": 0.5, "ramp_steps": 10}, loss="arcface", head_kw={}, teacher=_tiny())
     assert [round(task.p_down(s), 6) for s in (0, 5, 10, 20)] == [0.1, 0.3, 0.5, 0.5]
 
 
-@pytest.mark.parametrize("bad", [{"p_down": -0.1}, {"p_down": 1.5}, {"p_down_end": 2.0}, {"feature_loss": "l1"}, {"nope": 1}])
+@pytest.mark.parametrize("bad", [{"p_down": -0.1}, {"p_down": 1.5}, {"p_down_end": 2.0}, {"feature_loss": "l1"}, {"nope": 1},
+                                 {"hr_weight": -1.0}, {"id_weight": float("nan")}])
 def test_bad_distill_options_are_one_line_errors(bad):
     from lrfr_cli.errors import LrfrError
 

@@ -126,7 +126,7 @@ def finetune(
     loss: str | None = typer.Option(None, "--loss", "-l", help=f"Identity loss head where the method has one: {', '.join(heads())} (default: the method's, listed below)."),
     loss_opt: list[str] | None = typer.Option(None, "--loss-opt", help="An option of the identity loss as KEY=VALUE (repeatable), e.g. --loss-opt s=30 (see `lrfr train --help` for each loss's options)."),
     margin: float | None = typer.Option(None, "--margin", help="octuplet/siamese: the triplet margin on normalised embeddings (default 0.5)."),
-    id_weight: float | None = typer.Option(None, "--id-weight", help="octuplet: weight of an added identity loss (--loss) on the HR and LR embeddings (default 0: octuplet only)."),
+    id_weight: float | None = typer.Option(None, "--id-weight", help="octuplet: weight of an added identity loss (--loss) on the HR and LR embeddings (default 0: octuplet only); distill: weight of its identity loss (default 1; 0 = pure feature distillation, no classifier)."),
     p_down: float | None = typer.Option(None, "--p-down", help="distill: probability that the student sees a face at low resolution (0..1, default 0.1)."),
     p_down_end: float | None = typer.Option(None, "--p-down-end", help="distill: curriculum, --p-down rises linearly to this value over the run (0..1; default: no curriculum)."),
     lam: float | None = typer.Option(None, "--lambda", help="distill: weight of the feature distance to the teacher (default 0.1); derivenet: weight of the ReCent loss (default 1e-3)."),

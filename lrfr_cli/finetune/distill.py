@@ -8,15 +8,24 @@ student at low resolution with probability ``p_down`` (drawn per sample; a size 
 ``--lr-sizes``, made on the device by ``degrade_batch``), the teacher always sees the HR face::
 
     p(step) = p_down + (p_down_end − p_down) · min(1, step / ramp_steps)   (curriculum; off when p_down_end is unset)
-    L = L_id(student(x̃), y) + λ · D(student(x̃), teacher(x))
+    L = w_id · L_id(student(x̃), y) + λ · [D(student(x̃), teacher(x)) + w_hr · D(student(x), teacher(x))]
     D = mean over elements of (s − t)²   (feature_loss=mse)   or   mean_i (1 − cos(s_i, t_i))   (cosine)
 
-with λ = 0.1 by default and ``L_id`` the ``--loss`` head on the student's embeddings. With
-``p_down = 0`` and ``λ = 0`` this is exactly the classifier task's loss on the same batch.
+with λ = 0.1, w_id = 1 and w_hr = 0 by default and ``L_id`` the ``--loss`` head on the student's
+embeddings. With ``p_down = 0`` and ``λ = 0`` this is exactly the classifier task's loss on the
+same batch.
+
+**Pure feature distillation** (``id_weight=0``: no classifier at all, ``hr_weight > 0``): the
+student learns to put every LR copy where the teacher puts the HR face, while the HR term keeps
+its own HR embedding there too, so an HR gallery embedded by the student stays where the
+teacher's was. This is the recipe that moves a pretrained recogniser most on a small
+fine-tuning set: a fresh 299-class head on 6k faces pulls the embedding towards those few
+identities, the teacher's embedding space was learnt from millions of faces.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -49,6 +58,8 @@ class DistillTask(FinetuneTask):
         "ramp_steps": MethodOption(0, "steps of the p_down curriculum (0 = the whole run)"),
         "lam": MethodOption(0.1, "λ, weight of the feature distance to the teacher"),
         "feature_loss": MethodOption("mse", "distance between student(LR) and teacher(HR) features: mse or cosine"),
+        "hr_weight": MethodOption(0.0, "weight of the same distance for the student's HR view of every face (0 = off)"),
+        "id_weight": MethodOption(1.0, "weight of the identity loss (0 = pure feature distillation, no classifier)"),
     }
     default_lr_sizes = (8, 12, 16, 20)
     default_loss = ("arcface", {})
@@ -71,8 +82,18 @@ class DistillTask(FinetuneTask):
             raise LrfrError(f"ramp_steps {opts['ramp_steps']}: must be >= 0")
         if opts["lam"] < 0:
             raise LrfrError(f"--lambda {opts['lam']}: must be >= 0")
+        for key in ("hr_weight", "id_weight"):
+            v = opts[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) < 0:
+                raise LrfrError(f"{key} {v!r}: must be a finite number >= 0")
+        if float(opts["id_weight"]) == 0 and float(opts["lam"]) == 0:
+            raise LrfrError("distill: id_weight 0 and --lambda 0 leave nothing to learn")
         if opts["feature_loss"] not in FEATURE_LOSSES:
             raise LrfrError(f"--feature-loss {opts['feature_loss']!r}: choose one of {', '.join(FEATURE_LOSSES)}")
+
+    @classmethod
+    def uses_head(cls, opts: dict[str, Any]) -> bool:
+        return float(opts.get("id_weight", 1.0)) > 0
 
     def train(self, mode: bool = True) -> DistillTask:
         super().train(mode)
@@ -90,19 +111,28 @@ class DistillTask(FinetuneTask):
         images, labels = batch["images"], batch["labels"]
         p = self.p_down(ctx.step)
         seen = degrade_rows(images, self.lr_sizes, ctx, p=p)[0] if p > 0 else images
-        s = self.model(ctx.prepare(seen))
+        w_hr, w_id = float(self.opts["hr_weight"]), float(self.opts["id_weight"])
+        b = images.shape[0]
+        # One forward over [seen; HR] when the HR view is used: one batch, one set of kernels.
+        out = self.model(ctx.prepare(torch.cat([seen, images]) if w_hr > 0 else seen))
+        s = out[:b]
         terms: dict[str, torch.Tensor] = {}
         loss = s.new_zeros(())
         if self.has_head():
             ident = self.head.loss(s, labels)
             terms["identity"] = ident
-            loss = loss + ident
+            loss = loss + w_id * ident
         lam = float(self.opts["lam"])
         if lam > 0:
             with torch.no_grad():
                 t = self.teacher(ctx.prepare(images))
-            feat = feature_distance(s, t, str(self.opts["feature_loss"]))
+            kind = str(self.opts["feature_loss"])
+            feat = feature_distance(s, t, kind)
             terms["feature"] = feat
             loss = loss + lam * feat
+            if w_hr > 0:
+                feat_hr = feature_distance(out[b:], t, kind)
+                terms["feature_hr"] = feat_hr
+                loss = loss + lam * w_hr * feat_hr
         terms["p_down"] = s.new_tensor(p).float()
         return StepOutput(loss, terms)
