@@ -47,9 +47,14 @@ def methods_epilog() -> str:
     return "Methods (--method NAME; other options with --method-opt KEY=VALUE):\n\n" + "\n\n".join(f"  {line}" for line in describe_methods())
 
 
-def load_parent(spec: str, ws_root: Path, backbone: str | None, checkpoint: str, embedding_size: int | None) -> LoadedModel:
-    """The ``--from`` model, refusing what cannot be fine-tuned as asked (one-line errors)."""
-    parent = resolve_model(spec, ws_root, backbone=backbone, checkpoint=checkpoint)
+def load_parent(spec: str, ws_root: Path, backbone: str | None, checkpoint: str, embedding_size: int | None,
+                onnx_input: dict[str, Any] | None = None) -> LoadedModel:
+    """The ``--from`` model, refusing what cannot be fine-tuned as asked (one-line errors).
+
+    An ONNX file becomes a trainable torch module (every float weight a parameter) behind lrfr's
+    RGB input; ``onnx_input`` (``channel_order``, ``layout``, ``pixel_mean``, ``pixel_std``)
+    describes its input where its metadata does not."""
+    parent = resolve_model(spec, ws_root, backbone=backbone, checkpoint=checkpoint, **(onnx_input or {}))
     if parent.source == "run":
         run_dir = parent.checkpoint.parent.parent
         manifest = run_dir / "manifest.json"
@@ -69,12 +74,19 @@ def load_parent(spec: str, ws_root: Path, backbone: str | None, checkpoint: str,
             f"--from {spec}: a {parent.channel_order.upper()}-input checkpoint; lrfr fine-tunes on RGB faces, "
             "so its weights would start from the wrong channel order"
         )
+    if parent.input_size != INPUT_SIZE:
+        raise LrfrError(f"--from {spec}: takes {parent.input_size}×{parent.input_size} faces; lrfr fine-tunes on {INPUT_SIZE}×{INPUT_SIZE} aligned faces")
     if embedding_size is not None and embedding_size != parent.embedding_size:
         raise LrfrError(
             f"--embedding-size {embedding_size}: --from {spec} gives {parent.embedding_size}-d embeddings; "
             f"fine-tuning keeps the parent's size (drop --embedding-size or pass {parent.embedding_size})"
         )
     return parent
+
+
+def _contract_text(c: dict[str, Any]) -> str:
+    return (f"{c['channel_order'].upper()}, (pixel - {','.join(f'{v:g}' for v in c['mean'])}) / {','.join(f'{v:g}' for v in c['std'])}, "
+            f"{c['layout'].upper()} into the ONNX graph")
 
 
 def _method_opts(method: str, pairs: dict[str, Any], items: list[str]) -> dict[str, Any]:
@@ -112,12 +124,16 @@ def _method_opts(method: str, pairs: dict[str, Any], items: list[str]) -> dict[s
 @handle_errors
 def finetune(
     method: str = typer.Option(..., "--method", "-m", help=f"Fine-tuning method: {', '.join(METHODS)} (each is described below the options)."),
-    from_: str = typer.Option(..., "--from", help="The model to start from: runs/RUN (a complete run of this workspace) or a .pt/.pth checkpoint that `lrfr eval --model` loads (insightface, face.evoLVe; add --backbone if it is ambiguous)."),
+    from_: str = typer.Option(..., "--from", help="The model to start from: runs/RUN (a complete run of this workspace), a .pt/.pth checkpoint that `lrfr eval --model` loads (insightface, face.evoLVe; add --backbone if it is ambiguous), or an .onnx file (converted to a trainable torch module; --layout/--channel-order/--pixel-mean/--pixel-std where its metadata does not say)."),
     data: str = typer.Option(..., "--data", "-d", help="Fine-tuning set, as for `lrfr train --data`: lists/NAME, a list file, an identity folder, aligned/NAME or a RecordIO folder."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Folder the list's paths are relative to (default: the root recorded in the list's labels.json)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept list entries that resolve outside the list's data root."),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help=f"Backbone of a --from checkpoint file when its layout does not say ({', '.join(BACKBONES)}); a run's config names its own."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help="Which checkpoint of a --from run: auto (best.pt if there is one, else last.pt), best or last."),
+    channel_order: str = typer.Option("auto", "--channel-order", help="ONNX --from: channel order its input wants, rgb or bgr (auto: from its metadata_props; lrfr feeds RGB faces and converts)."),
+    layout: str | None = typer.Option(None, "--layout", help="ONNX --from: input layout nchw or nhwc (default: from its metadata, else its input shape)."),
+    pixel_mean: str | None = typer.Option(None, "--pixel-mean", help="ONNX --from: input = (pixel - MEAN) / STD per channel (one number or three, in the file's channel order); with --pixel-std. Raw 0..255 pixels: --pixel-mean 0 --pixel-std 1. Default: from its metadata."),
+    pixel_std: str | None = typer.Option(None, "--pixel-std", help="ONNX --from: the STD of --pixel-mean (insightface models: 127.5)."),
     embedding_size: int | None = typer.Option(None, "--embedding-size", min=2, help="Check: the embedding size you expect of --from (fine-tuning keeps the parent's size; a mismatch is an error)."),
     run_name: str | None = typer.Option(None, "--run", "--run-name", help="Run name: writes <workspace>/runs/RUN/ (default: METHOD-PARENT). Under torchrun spell it --run-name."),
     p: int = typer.Option(16, "--p", "--identities-per-batch", min=2, help="P: identities per batch (the batch is P × K faces, plus LR copies for octuplet, siamese and derivenet). Under torchrun spell it --identities-per-batch (torchrun's parser takes --p for its own --print-completion)."),
@@ -199,7 +215,8 @@ def finetune(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
 
-    parent = load_parent(from_, ws.root, backbone, checkpoint, embedding_size)
+    parent = load_parent(from_, ws.root, backbone, checkpoint, embedding_size,
+                         {"channel_order": channel_order, "layout": layout, "pixel_mean": pixel_mean, "pixel_std": pixel_std})
     emb = parent.embedding_size
     name = run_name or f"{method}-{parent.name}"
     ts = resolve_training_data(data, data_root, ws.root, allow_outside_root=allow_outside_root)
@@ -222,11 +239,14 @@ def finetune(
     task_opts = {"freeze_backbone": freeze_backbone, "head_lr_scale": head_scale}
     parent_rec = {"name": parent.name, "source": parent.source, "backbone": parent.backbone,
                   "checkpoint": str(parent.checkpoint), "checkpoint_sha1": parent.sha1}
+    if parent.source == "onnx":  # the file's sha256 and how its input is made from lrfr's faces
+        parent_rec.update(sha256=parent.sha256, input_contract=parent.contract)
     config: dict[str, Any] = {
         "backbone": parent.backbone,
         "embedding_size": emb,
         "input_size": INPUT_SIZE,
-        "preprocess": "RGB, (x/255 - 0.5) / 0.5",
+        "preprocess": "RGB, (x/255 - 0.5) / 0.5" + (
+            "; then inside the imported graph's wrapper: " + _contract_text(parent.contract) if parent.contract else ""),
         "method": method,
         "method_opts": opts,
         "loss": head_loss,
@@ -244,6 +264,8 @@ def finetune(
     }
     options = {key: v for key, v in config.items() if key not in ("data", "images", "parent")}
     inputs: dict[str, Any] = {"data": ts.fingerprint, "parent": {"checkpoint_sha1": parent.sha1}}
+    if parent.contract:
+        inputs["parent"]["input_contract"] = {k: parent.contract[k] for k in ("layout", "channel_order", "mean", "std")}
     if val_pairs:
         inputs["val_pairs"] = fingerprint_file(val_pairs)
 

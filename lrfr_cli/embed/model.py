@@ -1,12 +1,18 @@
-"""Loading a model to evaluate: one of our runs, or an external IResNet checkpoint.
+"""Loading a model to evaluate: one of our runs, an external IResNet checkpoint, or an ONNX file.
 
 Checkpoints are data, so they are read with ``weights_only=True`` (through
-:func:`lrfr_cli.engine.load_checkpoint`). Everything a user can get wrong (wrong path, wrong
-``--backbone``, a head-only file) becomes one line that says what to do.
+:func:`lrfr_cli.engine.load_checkpoint`); ONNX files are protobuf, parsed and checked by
+:mod:`lrfr_cli.models.onnx_import`, which also reads their input contract. A model has a
+*backend*: ``torch`` (our module, or the ONNX graph converted to a trainable torch module) or
+``onnxruntime`` (the ONNX file itself, or our run exported on the fly).
+
+Everything a user can get wrong (wrong path, wrong ``--backbone``, a head-only file, an ONNX
+file that does not say how to prepare its input) becomes one line that says what to do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +29,7 @@ from . import adaface
 
 CHECKPOINT_CHOICES = ("auto", "best", "last")
 CHANNEL_ORDERS = ("auto", "rgb", "bgr")  # auto: bgr for AdaFace checkpoints, else rgb (face.evoLVe, insightface, ours)
+BACKENDS = ("torch", "onnxruntime")
 _PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
 
 
@@ -40,11 +47,21 @@ class LoadedModel:
     input_size: int = INPUT_SIZE
     channel_order: str = "rgb"
     config: dict[str, Any] = field(default_factory=dict)
+    contract: dict[str, Any] | None = None  # an ONNX file's input contract (layout, order, mean/std)
+    backend: str = "torch"  # "torch" | "onnxruntime"
+    sha256: str | None = None  # of an ONNX file
 
     @property
     def cache_id(self) -> str:
-        """Folder name under ``embeddings/``: the content hash decides, the name is for humans."""
-        return f"{_safe(self.name)}-{self.sha1[:12]}"
+        """Folder name under ``embeddings/``: the content hash decides, the name is for humans.
+
+        An ONNX file's preprocessing and the backend are part of it: another mean/std gives other
+        embeddings, and onnxruntime's differ from torch's in the last bits."""
+        base = f"{_safe(self.name)}-{self.sha1[:12]}"
+        if self.contract is None and self.backend == "torch":
+            return base
+        key = json.dumps({"contract": _contract_key(self.contract), "backend": self.backend}, sort_keys=True)
+        return f"{base}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -56,7 +73,17 @@ class LoadedModel:
             "checkpoint_sha1": self.sha1,
             "input_size": self.input_size,
             "channel_order": self.channel_order,
+            "backend": self.backend,
+            **({"sha256": self.sha256} if self.sha256 else {}),
+            **({"input_contract": self.contract} if self.contract is not None else {}),
         }
+
+
+def _contract_key(contract: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What of a contract changes embeddings (not where each field was read from)."""
+    if contract is None:
+        return None
+    return {k: contract[k] for k in ("layout", "channel_order", "mean", "std", "size", "output_name") if k in contract}
 
 
 def _safe(name: str) -> str:
@@ -80,15 +107,49 @@ def resolve_model(
     backbone: str | None = None,
     checkpoint: str = "auto",
     channel_order: str = "auto",
+    layout: str | None = None,
+    pixel_mean: str | None = None,
+    pixel_std: str | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    onnx_cache: Path | None = None,
 ) -> LoadedModel:
-    """``runs/RUN`` / ``RUN`` / a run folder (our checkpoints) or a ``.pt/.pth`` file (external)."""
+    """``runs/RUN`` / ``RUN`` / a run folder (our checkpoints), a ``.pt/.pth`` file (external) or
+    a ``.onnx`` file.
+
+    ``layout``, ``pixel_mean``, ``pixel_std`` (and ``channel_order``) describe an ONNX file's
+    input where its metadata does not; they are refused for other models, whose input is fixed.
+    ``backend="onnxruntime"`` runs an ONNX file as it is, and a run or checkpoint exported to ONNX
+    first (cached under ``onnx_cache``, keyed by the checkpoint's sha1)."""
+    if backend not in BACKENDS:
+        raise LrfrError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if checkpoint not in CHECKPOINT_CHOICES:
         raise LrfrError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINT_CHOICES)}")
     if channel_order not in CHANNEL_ORDERS:
         raise LrfrError(f"--channel-order {channel_order!r}: choose one of {', '.join(CHANNEL_ORDERS)}")
     p = Path(spec).expanduser()
+    if p.suffix.lower() == ".onnx":
+        if backbone:
+            raise LrfrError(f"--backbone {backbone}: an ONNX file carries its own network; drop --backbone")
+        from .onnx_model import load_onnx
+
+        return load_onnx(p, channel_order=channel_order, layout=layout, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         backend=backend, device=device)
+    given = [o for o, v in (("--layout", layout), ("--pixel-mean", pixel_mean), ("--pixel-std", pixel_std)) if v not in (None, "")]
+    if given:
+        raise LrfrError(f"{'/'.join(given)}: only for ONNX files (--model x.onnx); lrfr runs and checkpoints take (x/255 - 0.5)/0.5, NCHW")
     if p.is_file():
-        return _load_external(p, backbone, channel_order)
+        loaded = _load_external(p, backbone, channel_order)
+    else:
+        loaded = _load_run_spec(spec, ws_root, backbone, checkpoint, channel_order)
+    if backend == "onnxruntime":
+        from .onnx_model import exported_to_ort
+
+        return exported_to_ort(loaded, onnx_cache, device)
+    return loaded
+
+
+def _load_run_spec(spec: str, ws_root: Path, backbone: str | None, checkpoint: str, channel_order: str) -> LoadedModel:
     run_dir = _find_run_dir(spec, ws_root)
     if run_dir is None:
         raise LrfrError(
@@ -132,7 +193,14 @@ def _load_run(run_dir: Path, backbone: str | None, which: str, channel_order: st
     if backbone and backbone.lower() != bb.lower():
         raise LrfrError(f"--backbone {backbone}: run {run_dir.name} was trained with {bb}; drop --backbone")
     emb = int(config.get("embedding_size", 512))
-    module = _build_and_load(bb, emb, _clean_state(ckpt["model"], path), path)
+    contract = None
+    if bb.lower() == "onnx":  # fine-tuned from an ONNX file: the checkpoint carries the graph
+        from ..models.onnx_import import rebuild
+
+        module = rebuild(ckpt["model"], str(path))
+        emb, contract = module.embedding_size, module.contract.describe()
+    else:
+        module = _build_and_load(bb, emb, _clean_state(ckpt["model"], path), path)
     return LoadedModel(
         module=module,
         name=run_dir.name,
@@ -144,6 +212,7 @@ def _load_run(run_dir: Path, backbone: str | None, which: str, channel_order: st
         input_size=int(config.get("input_size", INPUT_SIZE)),
         channel_order=channel_order,
         config=config,
+        contract=contract,
     )
 
 
