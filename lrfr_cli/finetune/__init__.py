@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import LrfrError
 from .base import FinetuneTask, MethodOption
+from .crb import CrbTask
 from .derivenet import DeriveNetTask
 from .distill import DistillTask
 from .octuplet import OctupletTask
@@ -26,6 +27,7 @@ METHODS: dict[str, type[FinetuneTask]] = {
     "distill": DistillTask,
     "siamese": SiameseTask,
     "derivenet": DeriveNetTask,
+    "crb": CrbTask,
 }
 
 
