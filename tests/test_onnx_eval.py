@@ -237,3 +237,31 @@ def test_bad_onnx_files_one_line_exit_2_nothing_written(cli, tmp_path, data_dir)
             assert r.exit_code == 2, (name, args[0], r.stdout, err)
             assert len(err.splitlines()) == 1 and msg in err and "Traceback" not in err, (name, args[0], err)
             assert _written(ws) == [], (name, args[0], _written(ws))
+
+
+def test_eval_backend_onnxruntime_of_a_run_exports_once_and_equals_torch(cli, tmp_path, data_dir):
+    ws = tmp_path / "ws"
+    _tiny_run(ws, emb=64)
+    pairs = _mini_pairs(data_dir, tmp_path, 8)
+    common = ["-d", "lfw", "-m", "runs/tiny", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
+              "--sizes", "12,112", "--workers", "0", "--json"]
+    t = cli(ws, "eval", *common, "--backend", "torch", "--name", "t")
+    o = cli(ws, "eval", *common, "--backend", "onnxruntime", "--name", "o")
+    assert t.exit_code == 0 and o.exit_code == 0, t.stderr + o.stderr
+    rt, ro = t.json(), o.json()
+    assert (rt["model"]["backend"], ro["model"]["backend"]) == ("torch", "onnxruntime")
+    assert rt["embeddings"]["cache"] != ro["embeddings"]["cache"]  # each backend has its own cache
+    for size in rt["results"]:
+        assert rt["results"][size]["fold_accuracies"] == pytest.approx(ro["results"][size]["fold_accuracies"], abs=1e-12)
+    ea, eb = _embeddings(rt), _embeddings(ro)
+    assert ea.keys() == eb.keys() and min(float(ea[k] @ eb[k] / np.linalg.norm(ea[k]) / np.linalg.norm(eb[k])) for k in ea) >= 0.9999
+    exported = list((ws / "cache" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    stamp = exported[0].stat().st_mtime_ns
+    again = cli(ws, "eval", *common, "--backend", "onnxruntime", "--name", "o2")
+    assert again.exit_code == 0 and again.json()["embeddings"]["computed"] == 0
+    assert exported[0].stat().st_mtime_ns == stamp  # the export was reused, not redone
+    bad = cli(ws, "eval", *common, "--backend", "onnxruntime", "--precision", "bf16", "--name", "x")
+    assert bad.exit_code == 2 and "--precision" in bad.stderr
+    bad = cli(ws, "eval", *common, "--pixel-mean", "0", "--pixel-std", "1", "--name", "x")
+    assert bad.exit_code == 2 and "only for ONNX files" in bad.stderr

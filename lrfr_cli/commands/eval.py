@@ -74,7 +74,7 @@ def _aligned_images(proto: EvalProtocol, center: Any, root: Path, align: str, re
 @handle_errors
 def eval_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(protocols.names())}."),
-    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (run by onnxruntime; its preprocessing from its metadata_props or --layout/--channel-order/--pixel-mean/--pixel-std)."),
+    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (run by onnxruntime; its preprocessing from its metadata_props or --layout, --channel-order, --pixel-mean, --pixel-std)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface and AdaFace IResNet state dicts for ir*); default: the one whose parameters fit."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + ")."),
@@ -97,7 +97,7 @@ def eval_cmd(
     layout: Optional[str] = typer.Option(None, "--layout", help="ONNX --model: input layout nchw or nhwc (default: its metadata, else its input shape)."),
     pixel_mean: Optional[str] = typer.Option(None, "--pixel-mean", help="ONNX --model: its input is (pixel - MEAN) / STD (one number or three, in its channel order), with --pixel-std; raw 0..255 pixels: --pixel-mean 0 --pixel-std 1. Default: its metadata."),
     pixel_std: Optional[str] = typer.Option(None, "--pixel-std", help="ONNX --model: the STD of --pixel-mean (insightface models: 127.5)."),
-    backend: str = typer.Option("auto", "--backend", help=f"Embedding backend: torch, onnxruntime (our runs exported to ONNX on the fly, cached in <workspace>/cache/onnx) or auto: {AUTO_HELP}."),
+    backend: str = typer.Option("auto", "--backend", help=f"Embedding backend: torch, onnxruntime (our runs exported to ONNX on the fly, cached in the workspace's cache/onnx) or auto: {AUTO_HELP}."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (CUDA) for the forward pass."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),

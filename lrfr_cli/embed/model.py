@@ -30,8 +30,13 @@ from . import adaface
 CHECKPOINT_CHOICES = ("auto", "best", "last")
 CHANNEL_ORDERS = ("auto", "rgb", "bgr")  # auto: bgr for AdaFace checkpoints, else rgb (face.evoLVe, insightface, ours)
 BACKENDS = ("torch", "onnxruntime")
-AUTO_CPU_BACKEND = "torch"  # what --backend auto picks for our runs on the CPU (benchmarks/infer_cpu.py decides)
-AUTO_HELP = "onnxruntime for .onnx files, torch for runs and checkpoints"
+# What --backend auto picks for our runs on the CPU. benchmarks/infer_cpu.py decides: a backend
+# becomes the default only if it is correct (cosine >= 0.9999 to torch fp32) and >= 1.2x faster on
+# every backbone. Measured (README, Benchmarks): onnxruntime 1.05-1.67x (not everywhere); torch
+# bf16 1.8-2.5x on random weights but cosine 0.9996 on the trained MobileFace (not correct).
+AUTO_CPU_BACKEND = "torch"
+AUTO_HELP = ("onnxruntime for .onnx files (2.4x the converted torch graph), torch fp32 for runs and checkpoints "
+             "(onnxruntime was not >= 1.2x faster on every backbone, bf16 not exact enough: see the benchmarks in the README)")
 
 
 def choose_backend(backend: str, spec: str, device_type: str) -> str:
