@@ -157,12 +157,15 @@ def test_export_then_eval_onnx_equals_eval_of_the_run(cli, tmp_path, data_dir, l
               "--workers", "0", "--json"]
     a = cli(ws, "eval", "-m", "runs/tiny", "--backend", "torch", *common, "--name", "run")
     b = cli(ws, "eval", "-m", out, *common, "--name", "onnx")  # no options: the metadata says everything
-    assert a.exit_code == 0 and b.exit_code == 0, a.stderr + b.stderr
-    ra, rb = a.json(), b.json()
+    c = cli(ws, "eval", "-m", out, "--backend", "torch", *common, "--name", "onnx-in-torch")  # the file converted to torch
+    assert a.exit_code == 0 and b.exit_code == 0 and c.exit_code == 0, a.stderr + b.stderr + c.stderr
+    ra, rb, rc = a.json(), b.json(), c.json()
     assert rb["model"]["backend"] == "onnxruntime" and rb["model"]["input_contract"]["layout"] == layout
+    assert rc["model"]["backend"] == "torch" and rc["embeddings"]["cache"] != rb["embeddings"]["cache"]
     for size in ra["results"]:
         for key in ("accuracy", "fold_accuracies", "auc"):
             assert ra["results"][size][key] == pytest.approx(rb["results"][size][key], abs=1e-12), (size, key)
+            assert ra["results"][size][key] == pytest.approx(rc["results"][size][key], abs=1e-12), (size, key)
     # embeddings: the same images through both, cosine >= 0.9999 (read from each eval's cache)
     ea, eb = _embeddings(ra), _embeddings(rb)
     assert ea.keys() == eb.keys() and len(ea) > 40
