@@ -93,6 +93,24 @@ def test_ambiguous_file_is_refused_with_the_option_to_pass(data_dir):
         oi.read_contract(model, str(path), layout="nchw", **MOBILEFACE_OPTS)
 
 
+def test_layout_from_the_shape_only_where_it_is_unambiguous(tmp_path):
+    def model(shape: list) -> object:
+        g = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        return m
+
+    opts = {"channel_order": "rgb", "mean": "127.5", "std": "127.5"}
+    assert oi.read_contract(model(["N", 3, "H", "W"]), "m", **opts).layout == "nchw"  # channels known, H and W symbolic
+    for shape in (["N", "C", "H", "W"], ["N", 3, 3, 3]):  # nothing, or everything, is 3: the shape cannot say
+        with pytest.raises(oi.OnnxModelError, match="--layout nchw\\|nhwc"):
+            oi.read_contract(model(shape), "m", **opts)
+    c = oi.read_contract(model(["N", "C", "H", "W"]), "m", layout="nchw", **opts)
+    assert (c.layout, c.size, c.embedding_size, c.sources["layout"]) == ("nchw", 112, 3, "options")
+
+
 def _hand_made(tmp: Path, layout: str = "nchw", size: int = 8) -> tuple[Path, dict[str, np.ndarray]]:
     """Conv → BatchNorm (stats as initialisers) → PRelu → a shared MatMul weight used twice
     (tied) → Add bias → output N×6; 3×size×size input, no metadata."""

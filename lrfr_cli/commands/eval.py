@@ -17,6 +17,7 @@ from .. import protocols
 from ..data.degrade import METHOD_HELP, METHODS, parse_sizes
 from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
 from ..embed.extract import with_sr
+from ..embed.model import AUTO_HELP, choose_backend
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
@@ -73,7 +74,7 @@ def _aligned_images(proto: EvalProtocol, center: Any, root: Path, align: str, re
 @handle_errors
 def eval_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(protocols.names())}."),
-    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict)."),
+    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (run by onnxruntime; its preprocessing from its metadata_props or --layout, --channel-order, --pixel-mean, --pixel-std)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface and AdaFace IResNet state dicts for ir*); default: the one whose parameters fit."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + ")."),
@@ -92,7 +93,11 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     sr: str = typer.Option("bicubic", "--sr", help=f"{_for('sr')} how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising."),
-    channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, else rgb), rgb (insightface, ours) or bgr."),
+    channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, an ONNX file's metadata, else rgb), rgb (insightface, ours) or bgr."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="ONNX --model: input layout nchw or nhwc (default: its metadata, else its input shape)."),
+    pixel_mean: Optional[str] = typer.Option(None, "--pixel-mean", help="ONNX --model: its input is (pixel - MEAN) / STD (one number or three, in its channel order), with --pixel-std; raw 0..255 pixels: --pixel-mean 0 --pixel-std 1. Default: its metadata."),
+    pixel_std: Optional[str] = typer.Option(None, "--pixel-std", help="ONNX --model: the STD of --pixel-mean (insightface models: 127.5)."),
+    backend: str = typer.Option("auto", "--backend", help=f"Embedding backend: torch, onnxruntime (our runs exported to ONNX on the fly, cached in the workspace's cache/onnx) or auto: {AUTO_HELP}."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (CUDA) for the forward pass."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),
@@ -137,7 +142,12 @@ def eval_cmd(
     if sr_run is not None:
         plan.requests, sr_aliases = with_sr(plan.requests, sr_run)
 
-    loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order)
+    backend = choose_backend(backend, model, dev.type)
+    if backend == "onnxruntime" and prec != "fp32":
+        raise LrfrError(f"--precision {prec}: the onnxruntime backend runs the graph in fp32; drop --precision or pass --backend torch")
+    loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order, layout=layout,
+                           pixel_mean=pixel_mean, pixel_std=pixel_std, backend=backend, device=str(dev),
+                           onnx_cache=ws.root / "cache" / "onnx")
     if loaded.input_size != 112:
         raise LrfrError(f"model input size {loaded.input_size}: eval supports 112x112 models")
     ws.ensure_writable()
@@ -155,7 +165,8 @@ def eval_cmd(
     cache_id = loaded.cache_id + ("" if prec == "fp32" else f"-{prec}")
     cache = EmbeddingCache(ws, cache_id, plan.images.name,
                            {"images": plan.images.describe(), "model_sha1": loaded.sha1, "precision": prec,
-                            "channel_order": loaded.channel_order}, refresh=force)
+                            "channel_order": loaded.channel_order, "backend": loaded.backend,
+                            **({"input_contract": loaded.contract} if loaded.contract else {})}, refresh=force)
     with cache.artifact.lock():
         todo = pending(plan.requests, cache, flip)
         bar = st.progress(f"embed {plan.dataset} ({len(plan.requests)} variant(s))", total=todo) if todo else contextlib.nullcontext(null_progress)
@@ -174,7 +185,7 @@ def eval_cmd(
         dataset=dataset,
         protocol=plan.protocol,
         protocol_info=plan.info,
-        model={**loaded.describe(), "flip": flip, "precision": prec},
+        model={**loaded.describe(), "flip": flip, "precision": prec, "preprocessing": loaded.preprocessing()},
         images=images_info,
         degradation={"method": method, "blur": blur, "noise": noise, "jpeg": jpeg, "seed": seed,
                      "upsample": "bicubic back to the input size", "variants": variants,

@@ -15,8 +15,11 @@ FORMATS = ("onnx",)
 
 @handle_errors
 def export_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`, or an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict)."),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="Output format: onnx (float32 N×3×112×112 input, dynamic batch, preprocessing in metadata_props)."),
+    model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (re-exported with lrfr's input and metadata)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Output format: onnx (float32 input, (pixel - 127.5) / 127.5, dynamic batch, preprocessing in metadata_props)."),
+    layout: str = typer.Option("nchw", "--layout", help="Input layout of the written graph: nchw (N×3×112×112, insightface's) or nhwc (N×112×112×3); recorded in the metadata, which `lrfr eval --model` reads."),
+    pixel_mean: str | None = typer.Option(None, "--pixel-mean", help="ONNX --model only: its input is (pixel - MEAN) / STD (with --pixel-std; raw 0..255: 0 and 1), where its metadata does not say."),
+    pixel_std: str | None = typer.Option(None, "--pixel-std", help="ONNX --model only: the STD of --pixel-mean."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the model here instead of exports/NAME/model.onnx (no manifest)."),
     backbone: str | None = typer.Option(None, "--backbone", help="Network of an external checkpoint (default: the registered one whose parameters fit)."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help="Which checkpoint of a run: auto (best.pt if present, else last.pt), best or last."),
@@ -38,28 +41,33 @@ def export_cmd(
     ws = workspace()
     # Heavy imports after option checks: a typo should not wait for torch.
     from ..embed import resolve_model
-    from ..export import TOLERANCE, export, load_faces
+    from ..export import LAYOUTS, TOLERANCE, export, load_faces
     from ..workspace import atomic_write_bytes
 
-    loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order)
+    layout = layout.strip().lower()
+    if layout not in LAYOUTS:
+        raise LrfrError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order,
+                           pixel_mean=pixel_mean, pixel_std=pixel_std)
     faces = None
     if check:
         folder = check_images or Path(os.environ.get("LRFR_DATA", "data")).expanduser() / "celeba_subset" / "images"
         faces = load_faces(folder.expanduser(), check_count, loaded.input_size)
 
-    summary = {"model": loaded.describe(), "format": "onnx", "opset": opset}
+    summary = {"model": loaded.describe(), "format": "onnx", "opset": opset, "layout": layout}
     if out is not None:
-        onnx_bytes, parity = export(loaded, faces, opset)
+        onnx_bytes, parity = export(loaded, faces, opset, layout)
         atomic_write_bytes(out, onnx_bytes)
         path, skipped = out, False
     else:
         ws.ensure_writable()
         art = ws.artifact("exports", loaded.name)
-        options = {"format": "onnx", "opset": opset, "channel_order": loaded.channel_order, "backbone": loaded.backbone, "check": check}
+        options = {"format": "onnx", "opset": opset, "channel_order": loaded.channel_order, "backbone": loaded.backbone, "check": check,
+                   **({"layout": layout} if layout != "nchw" else {}), **({"input_contract": loaded.contract} if loaded.contract else {})}
         with art.run("export", options, {"checkpoint_sha1": loaded.sha1}, force=force) as run:
             path, skipped, parity = art.path / "model.onnx", run.skipped, None
             if not run.skipped:
-                onnx_bytes, parity = export(loaded, faces, opset)
+                onnx_bytes, parity = export(loaded, faces, opset, layout)
                 atomic_write_bytes(path, onnx_bytes)
                 run.record(bytes=len(onnx_bytes), parity=parity.as_dict() if parity else None, model=loaded.describe())
     summary.update(path=str(path), skipped=skipped, parity=parity.as_dict() if parity else None)
@@ -68,7 +76,7 @@ def export_cmd(
     else:
         checked = (f"onnxruntime = PyTorch within {parity.max_abs:.1e} (<= {TOLERANCE:g}) on {parity.faces} faces"
                    if parity else "[yellow]not checked[/yellow]")
-        line = f"[green]exported[/green] {loaded.name} ({loaded.backbone}, {loaded.channel_order}) → {path}, {path.stat().st_size / 2**20:.1f} MiB; {checked}"
+        line = f"[green]exported[/green] {loaded.name} ({loaded.backbone}, {loaded.channel_order}, {layout.upper()}) → {path}, {path.stat().st_size / 2**20:.1f} MiB; {checked}"
     st.summary(line, summary)
 
 

@@ -124,7 +124,7 @@ def _method_opts(method: str, pairs: dict[str, Any], items: list[str]) -> dict[s
 @handle_errors
 def finetune(
     method: str = typer.Option(..., "--method", "-m", help=f"Fine-tuning method: {', '.join(METHODS)} (each is described below the options)."),
-    from_: str = typer.Option(..., "--from", help="The model to start from: runs/RUN (a complete run of this workspace), a .pt/.pth checkpoint that `lrfr eval --model` loads (insightface, face.evoLVe; add --backbone if it is ambiguous), or an .onnx file (converted to a trainable torch module; --layout/--channel-order/--pixel-mean/--pixel-std where its metadata does not say)."),
+    from_: str = typer.Option(..., "--from", help="The model to start from: runs/RUN (a complete run of this workspace), a .pt/.pth checkpoint that `lrfr eval --model` loads (insightface, face.evoLVe; add --backbone if it is ambiguous), or an .onnx file (converted to a trainable torch module; --layout, --channel-order, --pixel-mean, --pixel-std where its metadata does not say)."),
     data: str = typer.Option(..., "--data", "-d", help="Fine-tuning set, as for `lrfr train --data`: lists/NAME, a list file, an identity folder, aligned/NAME or a RecordIO folder."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Folder the list's paths are relative to (default: the root recorded in the list's labels.json)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept list entries that resolve outside the list's data root."),

@@ -143,8 +143,12 @@ def forward(model: LoadedModel, x: torch.Tensor, precision: str) -> torch.Tensor
     """uint8 B×3×H×W (RGB) → raw float32 embeddings, in the model's channel order.
 
     A thin adapter: the network runs in :func:`lrfr_cli.engine.validate.forward`, the one
-    forward that training validation uses too.
+    forward that training validation uses too. An onnxruntime model
+    (:class:`~lrfr_cli.embed.ort.OrtNet`) takes the uint8 faces itself, so its input is made from
+    the pixels exactly as the file's contract says.
     """
+    if getattr(model.module, "takes_uint8", False) and x.dtype == torch.uint8:
+        return model.module.embed_uint8(x)
     return _forward_module(model.module, x, precision, model.channel_order)
 
 

@@ -30,6 +30,26 @@ from . import adaface
 CHECKPOINT_CHOICES = ("auto", "best", "last")
 CHANNEL_ORDERS = ("auto", "rgb", "bgr")  # auto: bgr for AdaFace checkpoints, else rgb (face.evoLVe, insightface, ours)
 BACKENDS = ("torch", "onnxruntime")
+# What --backend auto picks for our runs on the CPU. benchmarks/infer_cpu.py decides: a backend
+# becomes the default only if it is correct (cosine >= 0.9999 to torch fp32) and >= 1.2x faster on
+# every backbone. Measured (README, Benchmarks): onnxruntime 1.05-1.67x (not everywhere); torch
+# bf16 1.8-2.5x on random weights but cosine 0.9996 on the trained MobileFace (not correct).
+AUTO_CPU_BACKEND = "torch"
+AUTO_HELP = ("onnxruntime for .onnx files (2.4x the converted torch graph), torch fp32 for runs and checkpoints "
+             "(onnxruntime was not >= 1.2x faster on every backbone, bf16 not exact enough: see the benchmarks in the README)")
+
+
+def choose_backend(backend: str, spec: str, device_type: str) -> str:
+    """``--backend auto`` resolved: an ONNX file runs in onnxruntime (what it was made for); our
+    networks in :data:`AUTO_CPU_BACKEND` on the CPU, torch on a GPU."""
+    b = (backend or "auto").strip().lower()
+    if b == "auto":
+        if Path(spec).suffix.lower() == ".onnx":
+            return "onnxruntime"
+        return AUTO_CPU_BACKEND if device_type == "cpu" else "torch"
+    if b not in BACKENDS:
+        raise LrfrError(f"--backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+    return b
 _PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
 
 
@@ -62,6 +82,15 @@ class LoadedModel:
             return base
         key = json.dumps({"contract": _contract_key(self.contract), "backend": self.backend}, sort_keys=True)
         return f"{base}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How a uint8 RGB face becomes the network's input, explicitly (for the eval record)."""
+        if self.contract is not None:
+            c = self.contract
+            return {"layout": c["layout"].upper(), "channel_order": c["channel_order"], "pixel_mean": c["mean"],
+                    "pixel_std": c["std"], "input": "(pixel - pixel_mean) / pixel_std, float32", "sources": c.get("sources", {})}
+        return {"layout": "NCHW", "channel_order": self.channel_order, "pixel_mean": [127.5] * 3, "pixel_std": [127.5] * 3,
+                "input": "(pixel / 255 - 0.5) / 0.5, float32", "sources": {"all": self.source}}
 
     def describe(self) -> dict[str, Any]:
         return {

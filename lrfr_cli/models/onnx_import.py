@@ -186,7 +186,7 @@ def read_contract(
     dims = _dims(inp)
     elem = inp.type.tensor_type.elem_type
     shape_text = "×".join("?" if d is None else str(d) for d in dims) or "scalar"
-    if elem != onnx.TensorProto.FLOAT or len(dims) != 4 or not (dims[1] == 3 or dims[3] == 3) or (dims[1] == 3 and dims[3] == 3 and dims[2] not in (3, None)):
+    if elem != onnx.TensorProto.FLOAT or len(dims) != 4 or not (dims[1] in (3, None) or dims[3] in (3, None)):
         dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "unknown"
         raise OnnxModelError(f"{label}: input {inp.name!r} is {dtype} {shape_text}, not an image tensor "
                              "(float32 N×3×H×W or N×H×W×3)")
@@ -198,13 +198,13 @@ def read_contract(
         sources["layout"] = "options"
     elif meta.get(META_LAYOUT, "").lower() in LAYOUTS:
         lay, sources["layout"] = meta[META_LAYOUT].lower(), "metadata"
-    elif dims[1] == 3 and dims[3] != 3:
+    elif dims[1] == 3 and dims[3] != 3:  # a symbolic width is not taken for 3 channels
         lay, sources["layout"] = "nchw", "shape"
     elif dims[3] == 3 and dims[1] != 3:
         lay, sources["layout"] = "nhwc", "shape"
     if lay is not None and lay not in LAYOUTS:
         raise OnnxModelError(f"--layout {layout!r}: choose nchw or nhwc")
-    if lay is not None and dims[1 if lay == "nchw" else 3] != 3:
+    if lay is not None and dims[1 if lay == "nchw" else 3] not in (3, None):
         raise OnnxModelError(f"{label}: --layout {lay} does not fit input {inp.name!r} of shape {shape_text}")
     order = (channel_order or "").lower() or None
     if order in (None, "auto"):
