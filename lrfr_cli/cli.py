@@ -48,6 +48,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("degrade", "degrade", "Down-sample every image to each size (then optionally back up), resumably, on all cores."),
     CommandSpec("train", "train", "Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."),
     CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese)."),
+    CommandSpec("make-bin", "make_bin", "Write an insightface .bin verification pack (pickle of faces + labels) from pairs of aligned faces."),
     CommandSpec("eval", "eval", "Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json."),
     CommandSpec("sr", "sr", "Super-resolve a folder's faces with an SR run (writes sr/NAME/<size>px/ and a contact sheet)."),
     CommandSpec("report", "report", "Tables and plots from the workspace's evaluations; --fail-under gates CI."),
