@@ -133,7 +133,7 @@ def eval_cmd(
     prec = resolve_precision(precision, dev)
     root = _data_root(proto, data, ws.root)
     items = proto.data_items(root)
-    if len(items) > 1:
+    if items != [root]:  # a folder or list of files (even of one): a record each, {"records": [...]} with --json
         _each_item(items, args)
         return
 
