@@ -66,9 +66,7 @@ def make_bin(
 ) -> None:
     """Write an insightface .bin verification pack from pairs of aligned faces.
 
-    Readable by insightface's load_bin (a plain pickle of (list of bytes, list of bool)), by
-    `lrfr eval --dataset bin --data OUT.bin` and by `lrfr train --val-bin OUT.bin`. Faces are
-    stored as true-colour JPEG/PNG (read them with --bin-channels rgb, the default).
+    Readable by insightface's load_bin (a plain pickle of (list of bytes, list of bool)), by `lrfr eval --dataset bin --data OUT.bin` and by `lrfr train --val-bin OUT.bin`. Faces are stored as true-colour JPEG/PNG (read them with --bin-channels rgb, the default).
 
     Example: lrfr make-bin --pairs $LRFR_DATA/lfw/pairs.txt --root aligned/lfw --out lfw.bin
     """
