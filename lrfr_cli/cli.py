@@ -45,6 +45,7 @@ class CommandSpec:
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("align", "align", "Detect faces (MTCNN, batched) and warp each onto the ArcFace template, resumably."),
     CommandSpec("make-list", "make_list", "Write 'rel/path label' lines (labels 0..N-1 in sorted identity order) and a label map."),
+    CommandSpec("make-bin", "make_bin", "Write an insightface .bin verification pack from pairs of aligned faces."),
     CommandSpec("degrade", "degrade", "Down-sample every image to each size (then optionally back up), resumably, on all cores."),
     CommandSpec("train", "train", "Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."),
     CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese)."),

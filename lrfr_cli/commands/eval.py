@@ -29,6 +29,7 @@ from ..workspace import Workspace, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 
 ALIGNS = ("mtcnn", "center-crop", "none")
+_BATCH: list[tuple[str, dict[str, Any]]] | None = None  # several --data files: each record's summary, printed once
 
 
 def _for(*option: str) -> str:
@@ -77,7 +78,7 @@ def eval_cmd(
     model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (run by onnxruntime; its preprocessing from its metadata_props or --layout, --channel-order, --pixel-mean, --pixel-std)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface and AdaFace IResNet state dicts for ir*); default: the one whose parameters fit."),
     checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + ")."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + "). --dataset bin: a .bin file, a folder of them or a,b.bin (one record each)."),
     sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help=f"{_for('sizes')} probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),
     setting: str = typer.Option("hr-lr", "--setting", help=f"{_for('setting')} hr-hr, hr-lr (first image HR, second degraded to each size) or lr-lr (both degraded)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help=f"{_for('pairs')} pairs file in pairs.txt format (default ROOT/pairs.txt, View 2); e.g. pairsDevTest.txt for View 1."),
@@ -92,6 +93,7 @@ def eval_cmd(
     jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="JPEG quality of the LR image."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     sr: str = typer.Option("bicubic", "--sr", help=f"{_for('sr')} how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
+    bin_channels: str = typer.Option("rgb", "--bin-channels", help=f"{_for('bin_channels')} rgb (the pack's JPEG/PNG files hold true colours: insightface's packs, lrfr make-bin) or bgr (red and blue swapped in the files, as when RGB arrays were encoded with OpenCV)."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising."),
     channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, an ONNX file's metadata, else rgb), rgb (insightface, ours) or bgr."),
     layout: Optional[str] = typer.Option(None, "--layout", help="ONNX --model: input layout nchw or nhwc (default: its metadata, else its input shape)."),
@@ -113,8 +115,10 @@ def eval_cmd(
     Examples: lrfr eval -d lfw -m runs/RUN --sizes 8,12,16,20,112 ·
     lrfr eval -d lfw -m runs/RUN --pairs $LRFR_DATA/lfw/pairsDevTest.txt --setting lr-lr ·
     lrfr eval -d scface --distance 2 -m runs/RUN --data /data/SCface ·
-    lrfr eval -d survface -m ms1mv3_r50.pth --data /data/QMUL-SurvFace
+    lrfr eval -d survface -m ms1mv3_r50.pth --data /data/QMUL-SurvFace ·
+    lrfr eval -d bin -m runs/RUN --data ms1m/cfp_fp.bin,ms1m/agedb_30.bin --flip
     """
+    args = dict(locals())  # first: the options as given, for one call per --data file
     st = state()
     ws = workspace()
     t0 = time.time()
@@ -128,11 +132,15 @@ def eval_cmd(
         raise LrfrError(f"--align {align!r}: choose one of {', '.join(ALIGNS)}")
     opts = EvalOptions(sizes=parse_sizes(sizes), setting=setting, pairs=pairs, threshold_pairs=threshold_pairs,
                        distance=distance, landmarks=landmarks, distractors=distractors, method=method, blur=blur,
-                       noise=noise, jpeg=jpeg, seed=seed, input_size=112)
+                       noise=noise, jpeg=jpeg, seed=seed, input_size=112, bin_channels=bin_channels)
     proto.check(opts)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     root = _data_root(proto, data, ws.root)
+    items = proto.data_items(root)
+    if items != [root]:  # a folder or list of files (even of one): a record each, {"records": [...]} with --json
+        _each_item(items, args)
+        return
 
     # Protocol first: bad data should fail before a model is loaded.
     images_info: dict[str, Any] = {}
@@ -178,7 +186,7 @@ def eval_cmd(
     results = plan.score(emb)
     t2 = time.time()
 
-    out_name = name or proto.output_name(opts) + (f"-sr-{sr_info['run']}" if sr_run is not None else "")
+    out_name = name or (plan.output_name or proto.output_name(opts)) + (f"-sr-{sr_info['run']}" if sr_run is not None else "")
     out_path = ws.root / "evals" / loaded.name / f"{out_name}.json"
     variants = sorted({v.describe() for v in plan.requests})
     record = EvalRecord.build(
@@ -213,7 +221,27 @@ def eval_cmd(
     doc["path"] = str(out_path)
 
     st.table(_table(dataset, doc))
+    if _BATCH is not None:
+        _BATCH.append((_line(dataset, doc, out_path), doc))
+        return
     st.summary(_line(dataset, doc, out_path), doc)
+
+
+def _each_item(items: list[Path], args: dict[str, Any]) -> None:
+    """Several ``--data`` files (``.bin`` packs): one eval and one record each, one summary
+    (``--json``: ``{"records": [...]}``, each the record a single file would print)."""
+    global _BATCH
+    if args["name"]:
+        raise LrfrError("--name names one output; with several --data files each record is named after its file (leave --name out)")
+    _BATCH = []
+    try:
+        for item in items:
+            eval_cmd.__wrapped__(**{**args, "data": item})  # type: ignore[attr-defined]
+        done = _BATCH
+    finally:
+        _BATCH = None
+    state().summary("\n".join(line for line, _ in done),
+                    {"command": "eval", "dataset": args["dataset"], "records": [doc for _, doc in done]})
 
 
 def _super_resolution(sr: str, proto: EvalProtocol, opts: EvalOptions, ws_root: Path, st: Any) -> tuple[dict[str, Any], dict[Any, Any], Any]:

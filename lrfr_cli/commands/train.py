@@ -94,6 +94,11 @@ def train(
     cache: bool = typer.Option(False, "--cache", help="Pack the training set once into a uint8 memmap in <workspace>/cache/ so training is not JPEG-bound."),
     val_pairs: Path | None = typer.Option(None, "--val-pairs", help="Verification pairs checked after every epoch to keep best.pt (by val_acc): LFW format (e.g. lfw/pairsDevTest.txt) or 'path1 path2 0|1' lines."),
     val_root: Path | None = typer.Option(None, "--val-root", help="Image root of --val-pairs (default: lfw-deepfunneled/ beside the pairs file). Non-112-px images are centre-cropped."),
+    val_bin: str | None = typer.Option(None, "--val-bin", help="insightface .bin packs to validate on, comma-separated (lfw.bin,cfp_fp.bin,agedb_30.bin), or 'auto': the *.bin files of a RecordIO --data folder. Scored as peers do: 10-fold accuracy, flip fusion."),
+    val_bin_channels: str = typer.Option("rgb", "--val-bin-channels", help="Channel order of the packs' images: rgb (normal JPEG/PNG: insightface's packs, lrfr make-bin) or bgr (red and blue swapped in the files)."),
+    val_sizes: str | None = typer.Option(None, "--val-sizes", help="Also validate with the second face of each pair down-sampled to these heights and back (hr-lr, bicubic), e.g. 16 or 8,16: metrics val_acc/SET@SIZE."),
+    val_every: int = typer.Option(0, "--val-every", min=0, help="Validate every N steps (and at the end) instead of after every epoch (0)."),
+    val_metric: str = typer.Option("val_acc", "--val-metric", help="The metric that picks best.pt: val_acc (mean over every set and size) or val_acc/SET, val_acc/SET@SIZE (SET: a .bin's file stem or the --val-pairs file's)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of this process (0 = torch's default, all cores). On cores shared with other jobs, 1 can be many times faster: busy cores stall multi-threaded kernels."),
     log_every: int = typer.Option(10, "--log-every", min=1, help="Write a metrics.jsonl line (mean loss and loss terms) every N steps."),
     # --- super-resolution (--task sr; lrfr_cli/sr/recipe.py) ---
@@ -156,6 +161,7 @@ def train(
 
     ts = resolve_training_data(data, data_root, ws.root, allow_outside_root=allow_outside_root)
     pairs = validation_pairs(val_pairs, val_root) if val_pairs else None
+    validation_cfg, val_files, packs = _validation_options(ts, val_pairs, val_bin, val_bin_channels, val_sizes, val_every, val_metric)
     # fail on bad options before claiming the run (sharded: a 2-class probe, the full matrix may not fit)
     probe = build_head(loss, embedding_size, 2 if classifier == "sharded" else ts.num_classes, **head_kw)
     if classifier == "sharded":
@@ -207,6 +213,8 @@ def train(
         "loop": cfg.identity(),
         "val_pairs": str(val_pairs) if val_pairs else None,
     }
+    if validation_cfg:  # only when used: earlier runs keep their identity
+        config["validation"] = validation_cfg
     # config.json says whether batches were mixed and why (a loss's default, or a flag); the
     # identity below keeps only what changes the batches, so earlier runs keep theirs.
     config["crb"] = {"enabled": use_crb, "why": crb_reason(crb, crb_policy, loss), **(crb_cfg or {})}
@@ -220,6 +228,8 @@ def train(
     inputs: dict[str, Any] = {"data": ts.fingerprint}
     if val_pairs:
         inputs["val_pairs"] = fingerprint_file(val_pairs)
+    if val_files:
+        inputs["val_bin"] = [fingerprint_file(f) for f in val_files]
 
     def build_task(ts: TrainingSet) -> Task:
         model = build_backbone(backbone, embedding_size)
@@ -232,7 +242,10 @@ def train(
 
     spec = TrainingRun(
         command="train", name=name, data=ts, cfg=cfg, config=config, options=options, inputs=inputs,
-        build_task=build_task, validation=pair_validation(pairs, dev, prec) if pairs else None,
+        build_task=build_task,
+        validation=pair_validation(pairs, dev, prec, bins=packs, channels=val_bin_channels.lower(), every=val_every,
+                                   metric=val_metric, sizes=validation_cfg.get("sizes", ()),
+                                   pairs_name=Path(val_pairs).stem if val_pairs else "pairs") if (pairs or packs) else None,
         cache=cache, resume=resume, force=force, threads=threads,
     )
     out = run_training(ws, spec, dev, progress=st.progress if st.show_progress else None)
@@ -247,7 +260,7 @@ def train(
         return
     res = out.result
     assert res is not None
-    val = f", best val acc {c['best_val_acc']:.4f}" if c.get("best_val_acc") is not None else ""
+    val = f", best {val_metric} {c[f'best_{val_metric}']:.4f}" if c.get(f"best_{val_metric}") is not None else ""
     fl = f"{res.first_loss:.3f}" if res.first_loss is not None else "-"
     ll = f"{res.loss:.3f}" if res.loss is not None else "-"
     resumed = f" (resumed from step {res.resumed_from})" if res.resumed_from is not None else ""
@@ -256,6 +269,59 @@ def train(
         f"{res.images_per_s:,.0f} img/s{val} → {out.path}",
         {"command": "train", "run": name, "path": str(out.path), "up_to_date": False, **c},
     )
+
+
+def val_bin_files(spec: str, ts: TrainingSet) -> list[Path]:
+    """``--val-bin``: comma-separated files, or ``auto``: the ``*.bin`` packs beside a RecordIO
+    folder's ``train.rec`` (insightface's packs ship their verification sets that way)."""
+    if spec.strip().lower() == "auto":
+        if ts.kind != "recordio":
+            raise LrfrError(f"--val-bin auto finds the .bin files of an insightface RecordIO folder; --data is a {ts.kind} (name the .bin files)")
+        found = sorted(Path(ts.root).glob("*.bin"))
+        if not found:
+            raise LrfrError(f"--val-bin auto: no *.bin files in {ts.root} (name the files, or build one with lrfr make-bin)")
+        return found
+    files = [Path(p.strip()).expanduser() for p in spec.split(",") if p.strip()]
+    if not files:
+        raise LrfrError("--val-bin: give .bin files (comma-separated) or auto")
+    return files
+
+
+def _validation_options(ts: TrainingSet, val_pairs: Path | None, val_bin: str | None, channels: str, val_sizes: str | None,
+                        every: int, metric: str) -> tuple[dict[str, Any], list[Path], list[Any]]:
+    """Checks the validation options before any training (bad packs fail here, on every rank):
+    ``(config.json's validation block (empty: the defaults), the .bin files, their packs)``."""
+    from ..data.binfile import check_channels, read_bin
+    from ..engine.validate import metric_names
+
+    files = val_bin_files(val_bin, ts) if val_bin else []
+    check_channels(channels, "--val-bin-channels")
+    packs = [read_bin(f) for f in files]
+    try:
+        sizes = parse_sizes(val_sizes) if val_sizes else []
+    except LrfrError as e:
+        raise LrfrError(str(e).replace("--sizes", "--val-sizes")) from None
+    if any(s >= INPUT_SIZE for s in sizes):
+        raise LrfrError(f"--val-sizes: probe sizes must be below the {INPUT_SIZE} px input (HR is always validated)")
+    names = ([Path(val_pairs).stem] if val_pairs else []) + [p.name for p in packs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LrfrError(f"--val-bin: two validation sets named {dup[0]!r} (metrics are named after the file stem); rename one")
+    if not names and (val_sizes or every or metric != "val_acc"):
+        raise LrfrError("--val-sizes, --val-every and --val-metric need --val-pairs or --val-bin")
+    known = metric_names(names, sizes) if (packs or sizes) else ["val_acc"]
+    if metric not in known:
+        raise LrfrError(f"--val-metric {metric!r}: choose one of {', '.join(known)}")
+    cfg: dict[str, Any] = {}
+    if files:
+        cfg.update(bins=[str(f) for f in files], channels=channels.lower())
+    if sizes:
+        cfg["sizes"] = sizes
+    if every:
+        cfg["every"] = every
+    if metric != "val_acc":
+        cfg["metric"] = metric
+    return cfg, files, packs
 
 
 def register(app: typer.Typer) -> None:

@@ -94,12 +94,14 @@ class LoopConfig:
 
 @dataclass
 class Validation:
-    """Per-epoch validation: ``run(task)`` returns metrics including ``metric``, which picks
-    ``best.pt`` (higher is better unless ``higher_is_better=False``). Runs on rank 0 only."""
+    """Validation after every epoch (or every ``every`` steps, and at the end): ``run(task)``
+    returns metrics including ``metric``, which picks ``best.pt`` (higher is better unless
+    ``higher_is_better=False``). Runs on rank 0 only."""
 
     run: Callable[[Task], dict[str, float]]
     metric: str = "val_acc"
     higher_is_better: bool = True
+    every: int = 0  # steps between validations; 0 = at each epoch's end
 
     def better(self, value: float, best: dict[str, Any] | None) -> bool:
         if best is None or self.metric not in best:
@@ -271,10 +273,13 @@ def fit(
         )
         save_checkpoint(path, state)
 
-    def run_validation(ep: int) -> dict[str, float] | None:
-        nonlocal best
-        if validation is None:
+    val_step = -1  # the step last validated (never twice at one step)
+
+    def run_validation(ep: int, bie: int | None = None) -> dict[str, float] | None:
+        nonlocal best, val_step
+        if validation is None or val_step == step:
             return None
+        val_step = step
         res = None
         improved = False
         if main:
@@ -288,9 +293,9 @@ def fit(
                 best = {"metric": validation.metric, validation.metric: res[validation.metric], "step": step, "epoch": ep}
                 improved = True
                 if not shards:
-                    checkpoint(ckpt_dir / BEST, ep, per_epoch)
+                    checkpoint(ckpt_dir / BEST, ep, per_epoch if bie is None else bie)
         if shards and broadcast_object(improved):
-            checkpoint(ckpt_dir / BEST, ep, per_epoch)  # a collective: every rank joins
+            checkpoint(ckpt_dir / BEST, ep, per_epoch if bie is None else bie)  # a collective: every rank joins
         barrier()
         return res
 
@@ -381,16 +386,19 @@ def fit(
                 progress(1, loss=loss_val, lr=lr, epoch=epoch)
             if step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint(last_path, epoch, batch_in_epoch)
+            if validation is not None and validation.every and step % validation.every == 0 and step < total:
+                last_val = run_validation(epoch, batch_in_epoch)
             if step >= total:
                 break
         if batch_in_epoch >= per_epoch:
             epoch += 1
             batch_in_epoch = 0
-            last_val = run_validation(epoch - 1)
+            if validation is not None and not validation.every:
+                last_val = run_validation(epoch - 1)
             if step < total:
                 checkpoint(last_path, epoch, 0)
-    if batch_in_epoch > 0:  # stopped mid-epoch by --max-steps: validate what we have
-        last_val = run_validation(epoch)
+    if batch_in_epoch > 0 or (validation is not None and validation.every):  # mid-epoch stop, or a step schedule: validate the end
+        last_val = run_validation(epoch, batch_in_epoch) or last_val
     checkpoint(last_path, epoch, batch_in_epoch)
     barrier()
     seconds = time.time() - t_start

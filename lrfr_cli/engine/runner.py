@@ -17,12 +17,12 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from .distributed import barrier, broadcast_object, cleanup, init_distributed
 from .loop import LAST, FitResult, LoopConfig, Validation, fit
 from .seed import seed_everything
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from ..data.binfile import BinPack
 
 #: ``progress(description, total, unit)`` → a context manager yielding the progress callback.
 ProgressFactory = Callable[[str, "int | None", str], AbstractContextManager[Callable[..., None]]]
@@ -109,19 +112,25 @@ def training_dataset(ts: TrainingSet, use_cache: bool, ws: Workspace, workers: i
     return CachedDataset(art.path)
 
 
-def pair_validation(pairs: list[tuple[Path, Path, bool]], device: torch.device, precision: str) -> Validation:
-    """Verification accuracy on ``pairs`` (``val_acc``, higher is better) of the task's embedding
-    model; the pair images are decoded on the first call, i.e. on rank 0 only."""
-    from .validate import PairSet, verify
+def pair_validation(pairs: list[tuple[Path, Path, bool]] | None, device: torch.device, precision: str, *,
+                    bins: Sequence[BinPack] = (), sizes: Sequence[int] = (), every: int = 0, metric: str = "val_acc",
+                    channels: str = "rgb", pairs_name: str = "pairs") -> Validation:
+    """Verification accuracy (``val_acc``, higher is better, or ``metric``: one of
+    :func:`~lrfr_cli.engine.validate.metric_names`) of the task's embedding model on ``pairs``
+    and on the ``.bin`` packs, at HR and at each of ``sizes``; the faces are decoded on the first
+    call, i.e. on rank 0 only."""
+    from .validate import PairSet, verify_sets
 
-    cache: dict[str, PairSet] = {}
+    cache: list[PairSet] = []
 
     def run(task: Task) -> dict[str, float]:
-        if "pairs" not in cache:
-            cache["pairs"] = PairSet.load(pairs)
-        return verify(task.embedding_model(), cache["pairs"], device, precision)
+        if not cache:
+            if pairs:
+                cache.append(PairSet.load(pairs, pairs_name))
+            cache.extend(PairSet.from_bin(pk, channels) for pk in bins)
+        return verify_sets(task.embedding_model(), cache, device, precision, sizes)
 
-    return Validation(run, metric="val_acc", higher_is_better=True)
+    return Validation(run, metric=metric, higher_is_better=True, every=every)
 
 
 def run_training(ws: Workspace, spec: TrainingRun, device: torch.device, progress: ProgressFactory | None = None) -> RunOutcome:

@@ -33,6 +33,7 @@ class Plan:
     requests: dict[Variant, list[str]]
     score: Callable[[Embeddings], dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
+    output_name: str | None = None  # the eval JSON's stem when the data names it (a .bin file), else the protocol's
 
 
 def variant_for(size: int | None, input_size: int, method: str, *, blur: float = 0.0, noise: float = 0.0,
@@ -64,6 +65,7 @@ class EvalOptions:
     jpeg: Optional[int] = None
     seed: int = 0
     input_size: int = 112
+    bin_channels: str = "rgb"
 
 
 def pct(v: Any) -> str:
@@ -104,6 +106,10 @@ class EvalProtocol:
 
     def check(self, opts: EvalOptions) -> None:
         """Option errors that need no data (raise :class:`~lrfr_cli.errors.LrfrError`)."""
+
+    def data_items(self, root: Path) -> list[Path]:
+        """What ``--data`` names, one eval record each (several ``.bin`` files); normally just ROOT."""
+        return [root]
 
     def plan(self, root: Path, opts: EvalOptions) -> Plan:
         raise NotImplementedError

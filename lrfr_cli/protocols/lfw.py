@@ -144,6 +144,25 @@ def default_threshold_pairs(pairs_file: Path) -> Path | None:
     return cand if cand != pairs_file and cand.is_file() else None
 
 
+def verification_result(sc: Any, y: Any, kf: Any, fars: tuple[float, ...] = FARS) -> dict[str, Any]:
+    """One size's numbers from pair scores ``sc``, labels ``y`` and the fold accuracy ``kf``
+    (a :class:`~lrfr_cli.protocols.metrics.KFoldResult`): what LFW and the ``.bin`` packs record."""
+    from ..results import compact_roc
+    from . import metrics as M
+
+    return dict(
+        accuracy=kf.accuracy,
+        accuracy_std=kf.std,
+        fold_accuracies=kf.fold_accuracies,
+        thresholds=kf.thresholds,
+        auc=M.roc_auc(sc, y),
+        tar_at_far={f"{f:g}": v for f, v in M.tar_at_far(sc, y, list(fars)).items()},
+        roc=compact_roc(*M.roc_curve(sc, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
+        mean_genuine=float(sc[y].mean()) if y.any() else None,
+        mean_impostor=float(sc[~y].mean()) if (~y).any() else None,
+    )
+
+
 def plan_lfw(
     images: ImageSet,
     root: Path,
@@ -162,7 +181,6 @@ def plan_lfw(
     import numpy as np
 
     from ..embed import Variant
-    from ..results import compact_roc
     from . import metrics as M
 
     if setting not in SETTINGS:
@@ -218,17 +236,7 @@ def plan_lfw(
                 kf = M.KFoldResult(M.accuracy_at(sc, y, t), 0.0, [M.accuracy_at(sc, y, t)], [t])
             else:
                 kf = M.kfold_accuracy(sc, y, np.arange(len(pairs)) % 10)
-            res.update(
-                accuracy=kf.accuracy,
-                accuracy_std=kf.std,
-                fold_accuracies=kf.fold_accuracies,
-                thresholds=kf.thresholds,
-                auc=M.roc_auc(sc, y),
-                tar_at_far={f"{f:g}": v for f, v in M.tar_at_far(sc, y, list(FARS)).items()},
-                roc=compact_roc(*M.roc_curve(sc, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
-                mean_genuine=float(sc[y].mean()) if y.any() else None,
-                mean_impostor=float(sc[~y].mean()) if (~y).any() else None,
-            )
+            res.update(verification_result(sc, y, kf))
             out[str(s)] = res
         return out
 

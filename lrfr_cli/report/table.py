@@ -120,7 +120,9 @@ def _md(s: str) -> str:
 
 def metric_sort_key(name: str) -> tuple[Any, ...]:
     """protocol (in registration order), then setting (hr-hr, hr-lr, lr-lr), then size numerically, then the sub-metric."""
-    head, _, sub = name.partition(":")
+    # the sub-metric follows the first ':' after the '/' (a protocol id may hold one: bin:cfp_fp/hr-lr@16:auc)
+    cut = name.find(":", max(name.find("/"), 0))
+    head, sub = (name, "") if cut < 0 else (name[:cut], name[cut + 1:])
     proto, _, rest = head.partition("/")
     setting, at, size = rest.partition("@")
     dataset = proto.split("-", 1)[0]
