@@ -98,6 +98,8 @@ class Variant:
             parts.append(f"jpeg{s.jpeg}")
         if not s.upsample:
             parts.append("noup")
+        elif s.up_method != "bicubic":
+            parts.append(f"up-{s.up_method}")
         if self.sr is not None:
             parts.append(self.sr.tag)
         return "_".join(parts)
@@ -165,6 +167,17 @@ class Embeddings:
         if not bool(torch.isfinite(s).all()) or bool((s.norm(dim=1) == 0).any()):
             raise LrfrError("the model produced zero or non-finite embeddings (diverged or untrained checkpoint?)")
         return fuse(e, ef).numpy()
+
+    def raw(self, variant: Variant, rels: list[str]) -> np.ndarray:
+        """Un-normalised float64 embeddings (with ``flip``: plus the mirrored view's), for pooling
+        that weighs each face by its feature norm (IJB templates) before normalising."""
+        variant = self.aliases.get(variant, variant)
+        e = self.cache.get(variant.name, rels).astype(np.float64)
+        if self.flip:
+            e = e + self.cache.get(variant.name + ".flip", rels).astype(np.float64)
+        if not np.isfinite(e).all():
+            raise LrfrError("the model produced non-finite embeddings (diverged or untrained checkpoint?)")
+        return e
 
 
 def pending(requests: dict[Variant, Iterable[str]], cache: EmbeddingCache, flip: bool = False) -> int:
