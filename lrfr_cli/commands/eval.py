@@ -137,9 +137,12 @@ def eval_cmd(
     if align not in ALIGNS:
         raise LrfrError(f"--align {align!r}: choose one of {', '.join(ALIGNS)}")
     flip = proto.flip_default if flip is None else flip
-    opts = EvalOptions(sizes=parse_sizes(sizes), setting=setting, pairs=pairs, threshold_pairs=threshold_pairs,
+    size_list = parse_sizes(sizes)
+    # planned first at 112 (or the largest size asked for: a 128-px network's HR); re-planned at the
+    # model's own input size once it is loaded, so bad data still fails before the model loads
+    opts = EvalOptions(sizes=size_list, setting=setting, pairs=pairs, threshold_pairs=threshold_pairs,
                        distance=distance, landmarks=landmarks, distractors=distractors, method=method, blur=blur,
-                       noise=noise, jpeg=jpeg, seed=seed, input_size=112, up_method=up_method)
+                       noise=noise, jpeg=jpeg, seed=seed, input_size=max(112, *size_list), up_method=up_method)
     proto.check(opts)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)

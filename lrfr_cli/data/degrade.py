@@ -203,6 +203,16 @@ def _resize(x: torch.Tensor, hw: tuple[int, int], method: str) -> torch.Tensor:
     return torch.matmul(torch.matmul(mh, x), mw.t())
 
 
+def _resize_pil(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """PIL's BICUBIC resize of an 8-bit image: the horizontal pass first, stored as 8 bit (rounded
+    and clipped), then the vertical pass. The intermediate clipping is what makes PIL differ from
+    one exact 2-D filter by up to ~12 grey levels at dark and bright edges (overshoot)."""
+    h, w = x.shape[-2:]
+    mh = _axis_matrix(h, hw[0], "pil-bicubic").to(x.device)
+    mw = _axis_matrix(w, hw[1], "pil-bicubic").to(x.device)
+    return torch.matmul(mh, _quantize(torch.matmul(x, mw.t())))
+
+
 def _quantize(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0.0, 255.0))
 
@@ -256,7 +266,8 @@ def degrade_batch(x: torch.Tensor, spec: DegradeSpec, generator: torch.Generator
     if spec.jpeg:
         y = _jpeg(y, spec.jpeg)
     if spec.upsample and (lh, lw) != (h, w):
-        y = _quantize(_resize(y, (h, w), spec.up_method))
+        up = _resize_pil(y, (h, w)) if spec.up_method == "pil-bicubic" else _resize(y, (h, w), spec.up_method)
+        y = _quantize(up)
     if in_dtype == torch.uint8:
         return y.to(torch.uint8)
     return (y / 255.0).to(in_dtype)
