@@ -22,12 +22,16 @@ from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
 from ..protocols import EvalOptions, EvalProtocol
+from ..protocols.quality import face_quality
+from ..protocols.quality import write_csv as write_quality_csv
 from ..protocols.sources import AlignedFolder
 from ..results import EvalRecord, ResultsError
 from ..ui import null_progress
 from ..workspace import Workspace, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 
+QUALITY_HELP = ("feature_norm: norm of the raw embedding (AdaFace's quality proxy); laplacian_variance / "
+                "laplacian_mean_abs: sharpness of the grey face as the network saw it (Approach2's measure)")
 ALIGNS = ("mtcnn", "center-crop", "none", "landmarks", "seed-landmarks")
 
 
@@ -193,6 +197,9 @@ def eval_cmd(
 
     out_name = name or proto.output_name(opts) + (f"-sr-{sr_info['run']}" if sr_run is not None else "")
     out_path = ws.root / "evals" / loaded.name / f"{out_name}.json"
+    quality_summary, quality_rows = face_quality(emb, plan.requests)
+    quality_csv = out_path.with_suffix(".quality.csv")
+    write_quality_csv(quality_csv, quality_rows)
     variants = sorted({v.describe() for v in plan.requests})
     record = EvalRecord.build(
         dataset=dataset,
@@ -204,6 +211,7 @@ def eval_cmd(
                      "upsample": f"{up_method} back to the input size", "up_method": up_method, "variants": variants,
                      **({"sr": sr_run.tag} if sr_run is not None else {})},
         super_resolution=sr_info,
+        quality={"per_face": str(quality_csv), "measures": QUALITY_HELP, "variants": quality_summary},
         sizes=proto.record_sizes(results),
         results=results,
         embeddings={"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,

@@ -165,6 +165,7 @@ def plan_lfw(
     from ..embed import Variant
     from ..results import compact_roc
     from . import metrics as M
+    from . import quality as Q
 
     if setting not in SETTINGS:
         raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
@@ -211,14 +212,24 @@ def plan_lfw(
             sc = M.pair_cosine(emb.get(a, [p.rel1 for p in pairs]), emb.get(b, [p.rel2 for p in pairs]))
             res: dict[str, Any] = {"size": s, "variant": variants[s].describe(), "pairs": len(pairs)}
             if n_folds > 1:
-                kf = M.kfold_accuracy(sc, y, np.array([p.fold for p in pairs]))
+                folds = np.array([p.fold for p in pairs])
+                kf = M.kfold_accuracy(sc, y, folds)
             elif thr_pairs:
                 ty = np.array([p.same for p in thr_pairs])
                 ts = M.pair_cosine(emb.get(a, [p.rel1 for p in thr_pairs]), emb.get(b, [p.rel2 for p in thr_pairs]))
                 t, _ = M.best_threshold(ts, ty)
+                folds = np.zeros(len(pairs), dtype=int)
                 kf = M.KFoldResult(M.accuracy_at(sc, y, t), 0.0, [M.accuracy_at(sc, y, t)], [t])
             else:
-                kf = M.kfold_accuracy(sc, y, np.arange(len(pairs)) % 10)
+                folds = np.arange(len(pairs)) % 10
+                kf = M.kfold_accuracy(sc, y, folds)
+            # each pair judged at its own fold's threshold, for accuracy by quality bin
+            fold_ids = np.unique(folds)
+            thr = np.asarray(kf.thresholds)[np.searchsorted(fold_ids, folds)]
+            correct = (sc >= thr) == y
+            qb = emb.quality(b, [p.rel2 for p in pairs])
+            qa = None if setting == "hr-lr" else emb.quality(a, [p.rel1 for p in pairs])
+            res["quality_bins"] = Q.pair_quality_bins(qa, qb, correct)
             res.update(
                 accuracy=kf.accuracy,
                 accuracy_std=kf.std,
