@@ -35,12 +35,13 @@ def quality_cmd(
 ) -> None:
     """Score every face of a folder by quality (feature norm, Laplacian sharpness) to drop unusable ones.
 
-    Writes quality/NAME/scores.csv (image, feature_norm, laplacian_variance, laplacian_mean_abs)
-    and, with --min-norm/--min-laplacian, rejected.txt and kept.txt. The feature norm is the
-    length of the model's raw embedding: short for faces the model cannot place (AdaFace uses it
-    as its quality proxy). The Laplacian variance is the sharpness Approach2 sets its margin from.
-    Both are computed on the face as the network sees it. With --model the pass is cached and
-    resumes after a kill.
+    Writes quality/NAME/scores.csv (image, feature_norm, laplacian_variance,
+    laplacian_mean_abs) and, with --min-norm/--min-laplacian, rejected.txt and
+    kept.txt. The feature norm is the length of the model's raw embedding:
+    short for faces the model cannot place (AdaFace's quality proxy). The
+    Laplacian variance is the sharpness Approach2 sets its margin from. Both
+    are measured on the face as the network sees it. With --model the pass is
+    cached and resumes after a kill.
 
     Examples: lrfr quality aligned/cctv -m runs/RUN --min-norm 12 ·
     lrfr quality degraded/faces/8px --min-laplacian 5 --json
