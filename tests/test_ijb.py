@@ -159,6 +159,17 @@ def test_template_pooling_vectorised_equals_loops() -> None:
         assert np.allclose(row, acc / np.linalg.norm(acc), atol=1e-12)
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_pair_scores_both_paths_equal_a_loop(dense: bool) -> None:
+    rng = np.random.default_rng(5)
+    ids1, ids2 = np.sort(rng.choice(1000, 70, replace=False)), np.sort(rng.choice(1000, 90, replace=False))
+    f1, f2 = rng.normal(size=(70, 8)), rng.normal(size=(90, 8))
+    t1, t2 = rng.choice(ids1, 500), rng.choice(ids2, 500)
+    got = ijb.pair_scores(ids1, f1, ids2, f2, t1, t2, dense=dense)
+    want = [f1[list(ids1).index(a)] @ f2[list(ids2).index(b)] for a, b in zip(t1, t2)]
+    assert np.allclose(got, want, atol=1e-12)
+
+
 def test_ijb_crops_align_like_an_opencv_warp(data_dir, tmp_path) -> None:
     root = build_standin(data_dir / "lfw", tmp_path, n_people=1)
     meta = ijb.read_meta(root / "meta", "ijbc")

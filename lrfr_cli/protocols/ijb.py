@@ -20,7 +20,7 @@ HR and degrades the second's crops to each ``--sizes`` size (then back up); ``lr
 both; ``hr-hr`` neither. TAR at FAR 1e-6 ... 1e-1 (headline 1e-4), AUC and a compact ROC per size.
 
 Scale: IJB-C has 469,375 crops, 23,124 templates and 15.7 M pairs, so pooling is a sort and a
-sparse matrix product (no Python loop over templates) and pairs are scored in chunks of bounded memory.
+sparse matrix product (no Python loop over templates) and pairs are scored by BLAS block products of the template tables (bounded memory).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ SETTINGS = ("hr-hr", "hr-lr", "lr-lr")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 HEADLINE_FAR = "0.0001"
 CROPS = "loose_crop"
+DENSE_BLOCK = 1 << 24  # template-pair scores per block product (128 MB of float64)
 PAIR_CHUNK = 16384  # template pairs scored per step: 2 x 64 MB of 512-d float64 rows, whatever the pair count
 
 
@@ -162,12 +163,34 @@ def template_features(feats: np.ndarray, weights: np.ndarray, templates: np.ndar
     return gt[new_template], tfeat / norm
 
 
-def pair_scores(ids1: np.ndarray, f1: np.ndarray, ids2: np.ndarray, f2: np.ndarray, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
-    """Cosine of every template pair, the two sides looked up in their own template tables."""
+def pair_scores(ids1: np.ndarray, f1: np.ndarray, ids2: np.ndarray, f2: np.ndarray, t1: np.ndarray, t2: np.ndarray,
+                dense: bool | None = None) -> np.ndarray:
+    """Cosine of every template pair, the two sides looked up in their own template tables.
+
+    IJB-C has 15.7 M pairs over 23 k templates: gathering two 512-d rows per pair moves 128 GB
+    through memory, while all template-vs-template products by BLAS (in row blocks, keeping only
+    the pairs asked for) cost ~3e11 multiply-adds at full speed. ``dense`` (default: when the
+    full product is at most 16x the pairs) picks the block product; otherwise rows are gathered
+    in chunks into two reused buffers.
+    """
     import numpy as np
 
     r1, r2 = np.searchsorted(ids1, t1), np.searchsorted(ids2, t2)
     out = np.empty(len(t1), dtype=np.float64)
+    if dense is None:
+        dense = len(ids1) * len(ids2) <= 16 * len(t1)
+    if dense:
+        order = np.argsort(r1, kind="stable")
+        sorted_r1 = r1[order]
+        rows = max(1, DENSE_BLOCK // max(1, len(ids2)))
+        for b0 in range(0, len(ids1), rows):
+            lo, hi = np.searchsorted(sorted_r1, [b0, b0 + rows])
+            if lo == hi:
+                continue
+            sel = order[lo:hi]
+            block = f1[b0 : b0 + rows] @ f2.T
+            out[sel] = block[r1[sel] - b0, r2[sel]]
+        return out
     # two reused gather buffers: fresh 100 MB arrays per chunk cost more in page faults than the dot
     b1 = np.empty((min(PAIR_CHUNK, len(t1)), f1.shape[1]), dtype=np.float64)
     b2 = np.empty_like(b1)
