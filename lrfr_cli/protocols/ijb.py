@@ -47,6 +47,15 @@ DENSE_BLOCK = 1 << 24  # template-pair scores per block product (128 MB of float
 PAIR_CHUNK = 16384  # template pairs scored per step: 2 x 64 MB of 512-d float64 rows, whatever the pair count
 
 
+def far_label(far: float) -> str:
+    """``1e-4`` rather than ``0.0001``: short table headers."""
+    return f"{far:.0e}".replace("e-0", "e-")
+
+
+def title(prefix: str) -> str:
+    return prefix.upper().replace("IJB", "IJB-")
+
+
 def layout(prefix: str) -> str:
     return (f"ROOT/{CROPS}/<n>.jpg, ROOT/meta/{prefix}_name_5pts_score.txt, "
             f"ROOT/meta/{prefix}_face_tid_mid.txt, ROOT/meta/{prefix}_template_pair_label.txt")
@@ -323,7 +332,7 @@ def plan_ijb(root: Path, prefix: str, *, setting: str, sizes: list[int], input_s
 
     return Plan(
         dataset=prefix,
-        protocol=(f"{prefix.upper()} 1:1 templates ({len(meta.t1)} pairs: {int(meta.labels.sum())} genuine; "
+        protocol=(f"{title(prefix)} 1:1 templates ({len(meta.t1)} pairs: {int(meta.labels.sum())} genuine; "
                   f"{len(meta.names)} crops), {setting}; detector-score-weighted media mean, template sum, cosine"),
         images=images,
         requests=requests,
@@ -345,7 +354,7 @@ class IjbProtocol(EvalProtocol):
 
     def __init__(self, prefix: str) -> None:
         self.name = prefix
-        self.title = prefix.upper().replace("IJB", "IJB-")
+        self.title = title(prefix)
         self.data_dir = prefix.upper()
         self.layout = layout(prefix)
         self.metric_help = f"{prefix}/SETTING@SIZE:tar@far=0.0001 (1e-06 ... 0.1), {prefix}/SETTING@SIZE:auc"
@@ -373,7 +382,7 @@ class IjbProtocol(EvalProtocol):
     def table(self, doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         keys = [f"{f:g}" for f in FARS]
         rows = [[f"{k} px", str(r["pairs"]), *(pct(r["tar_at_far"].get(f)) for f in keys), pct(r.get("auc"))] for k, r in doc["results"].items()]
-        return ["size", "pairs", *(f"TAR@{f} %" for f in keys), "AUC %"], rows
+        return ["size", "pairs", *(f"TAR@{far_label(f)} %" for f in FARS), "AUC %"], rows
 
     def headline(self, doc: Mapping[str, Any]) -> str:
         return ", ".join(f"{k}px TAR@FAR=1e-4 {100 * r['tar_at_far'][HEADLINE_FAR]:.2f}%" for k, r in doc["results"].items())
