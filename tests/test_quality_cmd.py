@@ -108,6 +108,16 @@ def test_eval_record_quality_and_report_plot(cli, ws, data_dir, tmp_path) -> Non
     per_face = Path(doc["quality"]["per_face"])
     rows = list(csv.DictReader(open(per_face)))
     assert {x["variant"] for x in rows} == {"hr", "8px_bicubic"}
+    # per-face Laplacian of what the network saw: the centre-crop face, and its 8-px copy brought back
+    from lrfr_cli.protocols.sources import LfwCenterCrop
+
+    for row in rows[:: max(1, len(rows) // 6)]:
+        face = LfwCenterCrop(data_dir / "lfw").load(row["image"])
+        if row["variant"] != "hr":
+            face = degrade_array(face, DegradeSpec(size=8))
+        lap = cv2.Laplacian(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), cv2.CV_64F)
+        assert float(row["laplacian_variance"]) == pytest.approx(lap.var(), rel=1e-5)
+        assert float(row["laplacian_mean_abs"]) == pytest.approx(np.abs(lap).mean(), rel=1e-5)
     v = doc["quality"]["variants"]
     # an 8-px face is far less sharp than its HR original
     assert v["8px_bicubic"]["laplacian_variance"]["p50"] < v["hr"]["laplacian_variance"]["p50"] / 4
