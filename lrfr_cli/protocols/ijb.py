@@ -278,7 +278,8 @@ def plan_ijb(root: Path, prefix: str, *, setting: str, sizes: list[int], input_s
     if absent:
         raise LrfrError(f"{len(absent)} of {len(meta.names)} crops listed in meta/ are missing from {crops}, e.g. {absent[0]}; expected layout: {layout(prefix)}")
     rels = [f"{CROPS}/{n}" for n in meta.names]
-    images = IjbCrops(root=root, index={r: k for k, r in enumerate(rels)}, landmarks=meta.landmarks, name=f"{prefix}-landmarks",
+    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]  # one cache folder per release copy
+    images = IjbCrops(root=root, index={r: k for k, r in enumerate(rels)}, landmarks=meta.landmarks, name=f"{prefix}-{tag}",
                       size=input_size, fingerprint=_sha1(root / "meta" / f"{prefix}_name_5pts_score.txt"))
 
     if setting == "hr-hr":
@@ -300,10 +301,16 @@ def plan_ijb(root: Path, prefix: str, *, setting: str, sizes: list[int], input_s
         requests.setdefault(b, []).extend(rel_arr[side2].tolist())
     requests = {v: list(dict.fromkeys(r)) for v, r in requests.items()}
 
+    pools: dict[tuple[Variant, int], tuple[np.ndarray, np.ndarray]] = {}
+
     def pooled(emb: Embeddings, v: Variant, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sel = np.flatnonzero(mask)
-        feats = emb.raw(v, rel_arr[sel].tolist())
-        return template_features(feats, meta.scores[sel], meta.templates[sel], meta.medias[sel])
+        """Template table of one variant and side, pooled once (hr-lr's HR side serves every size)."""
+        key = (v, 1 if mask is side1 else 2)
+        if key not in pools:
+            sel = np.flatnonzero(mask)
+            feats = emb.raw(v, rel_arr[sel].tolist())
+            pools[key] = template_features(feats, meta.scores[sel], meta.templates[sel], meta.medias[sel])
+        return pools[key]
 
     def score(emb: Embeddings) -> dict[str, Any]:
         out: dict[str, Any] = {}
