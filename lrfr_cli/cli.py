@@ -50,6 +50,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("train", "train", "Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."),
     CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese)."),
     CommandSpec("eval", "eval", "Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json."),
+    CommandSpec("quality", "quality", "Score every face of a folder by quality (feature norm, Laplacian sharpness) to drop unusable ones."),
     CommandSpec("sr", "sr", "Super-resolve a folder's faces with an SR run (writes sr/NAME/<size>px/ and a contact sheet)."),
     CommandSpec("report", "report", "Tables and plots from the workspace's evaluations; --fail-under gates CI."),
     CommandSpec("export", "export", "Export a model to ONNX (dynamic batch, preprocessing in its metadata), checked against PyTorch."),

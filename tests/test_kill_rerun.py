@@ -239,7 +239,7 @@ def _eval_args(model: Path, data_dir: Path, pairs: Path) -> list[str]:
 def _npz_rows(folder: Path) -> int:
     total = 0
     for f in folder.rglob("*.npz"):
-        if not f.name.startswith("."):
+        if not f.name.startswith(".") and not f.name.endswith(".quality.npz"):  # embeddings, not the per-face quality beside them
             with np.load(f) as z:
                 total += len(z["keys"])
     return total

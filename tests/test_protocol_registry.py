@@ -26,7 +26,7 @@ from lrfr_cli.protocols.lfw import image_prefix, read_pairs
 from lrfr_cli.protocols.sources import LfwCenterCrop
 from lrfr_cli.results import EvalRecord
 
-BUILTIN = ["lfw", "scface", "survface", "tinyface", "bin"]
+BUILTIN = ["lfw", "scface", "survface", "tinyface", "bin", "ijbb", "ijbc"]
 
 
 class FakeProtocol(EvalProtocol):
@@ -68,7 +68,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeProtocol:
 
 def test_builtin_protocols_registered_in_order() -> None:
     assert protocols.names() == BUILTIN
-    assert [protocols.order(n) for n in BUILTIN] == [0, 1, 2, 3, 4] and protocols.order("nope") == 5
+    assert [protocols.order(n) for n in BUILTIN] == [0, 1, 2, 3, 4, 5, 6] and protocols.order("nope") == 7
     assert protocols.get("survface").default_root(Path("/d")) == Path("/d/QMUL-SurvFace")
     assert protocols.get("lfw").default_root(Path("/d")) == Path("/d/lfw")
     with pytest.raises(ValueError):

@@ -26,6 +26,10 @@ class FakeEmb:
         e = np.stack([self.table[r] for r in rels]).astype(np.float64)
         return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
 
+    def quality(self, variant: Variant, rels: list[str]) -> dict[str, np.ndarray]:
+        n = np.linalg.norm(np.stack([self.table[r] for r in rels]), axis=1)
+        return {"feature_norm": n, "laplacian_variance": n, "laplacian_mean_abs": n}
+
 
 def _touch(root: Path, rel: str) -> None:
     p = root / rel

@@ -213,7 +213,8 @@ def test_report_of_a_real_eval(cli, ws, data_dir, tmp_path, monkeypatch) -> None
     (row,) = out["runs"]
     assert row["metrics"]["lfw/hr-lr@8"] == ev["results"]["8"]["accuracy"] and row["loss"] == "softmax"
     assert row["metrics"]["lfw/hr-lr@112:auc"] == ev["results"]["112"]["auc"]
-    assert sorted(p.name for p in (ws / "reports" / "latest").glob("*.png")) == ["accuracy_vs_size_lfw_hr-lr.png", "roc_tiny_lfw_hr-lr.png"]
+    assert sorted(p.name for p in (ws / "reports" / "latest").glob("*.png")) == ["accuracy_vs_size_lfw_hr-lr.png", "quality_tiny_lfw_hr-lr.png",
+                                                                                "roc_tiny_lfw_hr-lr.png"]
 
 
 def test_list_metrics(cli, filled) -> None:

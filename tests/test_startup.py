@@ -24,7 +24,7 @@ from lrfr_cli.cli import COMMANDS, CommandSpec, available_commands, load_command
 HEAVY = ("torch", "torchvision", "cv2", "facenet_pytorch")
 COMMANDS_DIR = Path(cli_mod.__file__).parent / "commands"
 # The order the design notes document (DESIGN.md, "What users do with it"), status last.
-DOCUMENTED_ORDER = ["align", "make-list", "make-bin", "degrade", "train", "finetune", "eval", "sr", "report", "export", "status"]
+DOCUMENTED_ORDER = ["align", "make-list", "make-bin", "degrade", "train", "finetune", "eval", "quality", "sr", "report", "export", "status"]
 
 # Runs each command in-process in a fresh interpreter and records which heavy modules were loaded
 # right after it. `train --help` comes last: it must load torch, which shows the probe can fail.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -14,7 +15,7 @@ import typer
 from rich.table import Table
 
 from .. import protocols
-from ..data.degrade import METHOD_HELP, METHODS, parse_sizes
+from ..data.degrade import METHOD_HELP, METHODS, UP_METHOD_HELP, UP_METHODS, parse_sizes
 from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
 from ..embed.extract import with_sr
 from ..embed.model import AUTO_HELP, choose_backend
@@ -22,13 +23,17 @@ from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
 from ..protocols import EvalOptions, EvalProtocol
+from ..protocols.quality import face_quality
+from ..protocols.quality import write_csv as write_quality_csv
 from ..protocols.sources import AlignedFolder
 from ..results import EvalRecord, ResultsError
 from ..ui import null_progress
 from ..workspace import Workspace, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 
-ALIGNS = ("mtcnn", "center-crop", "none")
+QUALITY_HELP = ("feature_norm: norm of the raw embedding (AdaFace's quality proxy); laplacian_variance / "
+                "laplacian_mean_abs: sharpness of the grey face as the network saw it (Approach2's measure)")
+ALIGNS = ("mtcnn", "center-crop", "none", "landmarks", "seed-landmarks")
 _BATCH: list[tuple[str, dict[str, Any]]] | None = None  # several --data files: each record's summary, printed once
 
 
@@ -48,13 +53,24 @@ def _data_root(proto: EvalProtocol, data: Optional[Path], ws_root: Path) -> Path
 
 
 def _aligned_images(proto: EvalProtocol, center: Any, root: Path, align: str, rels: list[str], ws: Workspace, device: str,
-                    workers: int, st: Any) -> tuple[Any, dict[str, Any]]:
+                    workers: int, st: Any, size: int = 112, landmarks: Optional[Path] = None) -> tuple[Any, dict[str, Any]]:
     """A photo protocol's faces as the network will see them, aligned as the training faces were
-    (``center``: the plan's fixed-warp image set, also the fallback where MTCNN finds no face)."""
+    (``center``: the plan's fixed-warp image set, also the fallback where MTCNN finds no face),
+    at the model's input ``size`` (aligned at 112, then resized, except the landmark warps)."""
     if align == "center-crop":
         return center, {"align": "center-crop", "note": "fixed similarity warp of the deep-funneled image (median MTCNN landmarks) to the ArcFace template"}
     if align == "none":
-        return AlignedFolder(root=root, name=f"{proto.name}-prealigned-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10], how="none (images already aligned; resized to the input size if needed)"), {"align": "none"}
+        return AlignedFolder(root=root, name=f"{proto.name}-prealigned-" + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10], size=size, how="none (images already aligned; resized to the input size if needed)"), {"align": "none"}
+    if align in ("landmarks", "seed-landmarks"):
+        from ..protocols.lfw import DEFAULT_LANDMARKS, landmark_images
+
+        path = landmarks if landmarks is not None else Path(os.environ.get("LRFR_DATA", "data")).expanduser() / DEFAULT_LANDMARKS
+        images, info = landmark_images(root, align, path.expanduser(), rels, center, size)
+        if info["landmark_missing"]:
+            st.warn(f"{path.name} has no landmarks for {info['landmark_missing']} of {len(rels)} {proto.title} images; those use the center-crop warp")
+        if info.get("note"):
+            st.info(info["note"])
+        return images, info
     try:
         from ..align.pipeline import align_tree
     except ImportError as e:  # pragma: no cover - the aligner ships with lrfr
@@ -66,7 +82,7 @@ def _aligned_images(proto: EvalProtocol, center: Any, root: Path, align: str, re
     failed = frozenset(r for r, _ in res.failures)
     if failed:
         st.warn(f"MTCNN found no face in {len(failed)} of {len(rels)} {proto.title} images; those use the center-crop warp")
-    images = AlignedFolder(root=art.path, name=f"{proto.name}-mtcnn", fallback_rels=failed, fallback=center,
+    images = AlignedFolder(root=art.path, name=f"{proto.name}-mtcnn", size=size, fallback_rels=failed, fallback=center,
                            how="mtcnn (lrfr align recipe: MTCNN 5 points + Umeyama to the ArcFace template, face nearest the centre)")
     return images, {"align": "mtcnn", "aligned_set": str(art.path), "mtcnn_failures": len(failed),
                     "mtcnn_failure_examples": sorted(failed)[:20], "fallback": "center-crop"}
@@ -83,18 +99,19 @@ def eval_cmd(
     setting: str = typer.Option("hr-lr", "--setting", help=f"{_for('setting')} hr-hr, hr-lr (first image HR, second degraded to each size) or lr-lr (both degraded)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help=f"{_for('pairs')} pairs file in pairs.txt format (default ROOT/pairs.txt, View 2); e.g. pairsDevTest.txt for View 1."),
     threshold_pairs: Optional[Path] = typer.Option(None, "--threshold-pairs", help=f"{_for('threshold_pairs')} with single-fold pairs files, pairs to choose the threshold on (default: pairsDevTrain.txt beside pairsDevTest.txt)."),
-    align: str = typer.Option("mtcnn", "--align", help=f"{_for('align')} mtcnn (as `lrfr align` made the training faces; cached in aligned/lfw-mtcnn), center-crop (fixed warp of the deep-funneled image; fast), none (already aligned)."),
+    align: str = typer.Option("mtcnn", "--align", help=f"{_for('align')} mtcnn (as `lrfr align` made the training faces; cached in aligned/lfw-mtcnn), center-crop (fixed warp of the deep-funneled image; fast), none (already aligned), landmarks (5 points from --landmarks FILE, lrfr's warp) or seed-landmarks (the same points, the Deep Siamese seed's crop)."),
     distance: str = typer.Option("all", "--distance", help=f"{_for('distance')} probe distance 1 (4.20 m), 2 (2.60 m), 3 (1.00 m), a list like 1,2, or all."),
-    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help=f"{_for('landmarks')} folder with scface_mugshot.csv and scface_distance{{1,2,3}}.csv (default $LRFR_DATA/protocols/scface)."),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="SCface: folder with scface_mugshot.csv and scface_distance{{1,2,3}}.csv (default $LRFR_DATA/protocols/scface); LFW with --align landmarks: a 'Name/Name_0001.jpg,x1,y1,...,x5,y5' file (default $LRFR_DATA/protocols/lfw_landmarks/LFW.csv)."),
     distractors: bool = typer.Option(True, "--distractors/--no-distractors", help=f"{_for('distractors')} add Gallery_Distractor to the gallery (the official protocol)."),
     method: str = typer.Option("bicubic", "--method", help=f"Down-sampling filter for LR probes. {METHOD_HELP}"),
+    up_method: str = typer.Option("bicubic", "--up-method", help=f"{_for('up_method')} filter that brings LR probes back to the input size. {UP_METHOD_HELP}"),
     blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma before down-sampling (as `lrfr degrade`)."),
     noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std on the LR image (0..255), seeded per image path."),
     jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="JPEG quality of the LR image."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     sr: str = typer.Option("bicubic", "--sr", help=f"{_for('sr')} how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
     bin_channels: str = typer.Option("rgb", "--bin-channels", help=f"{_for('bin_channels')} rgb (the pack's JPEG/PNG files hold true colours: insightface's packs, lrfr make-bin) or bgr (red and blue swapped in the files, as when RGB arrays were encoded with OpenCV)."),
-    flip: bool = typer.Option(False, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising (default: on for IJB-B/C, as insightface scores them; off elsewhere).", show_default=False),
     channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, an ONNX file's metadata, else rgb), rgb (insightface, ours) or bgr."),
     layout: Optional[str] = typer.Option(None, "--layout", help="ONNX --model: input layout nchw or nhwc (default: its metadata, else its input shape)."),
     pixel_mean: Optional[str] = typer.Option(None, "--pixel-mean", help="ONNX --model: its input is (pixel - MEAN) / STD (one number or three, in its channel order), with --pixel-std; raw 0..255 pixels: --pixel-mean 0 --pixel-std 1. Default: its metadata."),
@@ -128,11 +145,18 @@ def eval_cmd(
         raise LrfrError(f"--dataset {dataset!r}: choose one of {', '.join(protocols.names())}")
     if method not in METHODS:
         raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if up_method not in UP_METHODS:
+        raise LrfrError(f"--up-method {up_method!r}: choose one of {', '.join(UP_METHODS)}")
     if align not in ALIGNS:
         raise LrfrError(f"--align {align!r}: choose one of {', '.join(ALIGNS)}")
-    opts = EvalOptions(sizes=parse_sizes(sizes), setting=setting, pairs=pairs, threshold_pairs=threshold_pairs,
+    flip = proto.flip_default if flip is None else flip
+    size_list = parse_sizes(sizes)
+    # planned first at 112 (or the largest size asked for: a 128-px network's HR); re-planned at the
+    # model's own input size once it is loaded, so bad data still fails before the model loads
+    opts = EvalOptions(sizes=size_list, setting=setting, pairs=pairs, threshold_pairs=threshold_pairs,
                        distance=distance, landmarks=landmarks, distractors=distractors, method=method, blur=blur,
-                       noise=noise, jpeg=jpeg, seed=seed, input_size=112, bin_channels=bin_channels)
+                       noise=noise, jpeg=jpeg, seed=seed, input_size=max(112, *size_list), up_method=up_method,
+                       bin_channels=bin_channels)
     proto.check(opts)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -156,8 +180,12 @@ def eval_cmd(
     loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order, layout=layout,
                            pixel_mean=pixel_mean, pixel_std=pixel_std, backend=backend, device=str(dev),
                            onnx_cache=ws.root / "cache" / "onnx")
-    if loaded.input_size != 112:
-        raise LrfrError(f"model input size {loaded.input_size}: eval supports 112x112 models")
+    if loaded.input_size != opts.input_size:
+        # a network with another input (the Deep Siamese seed's 128 px): faces made at its size
+        opts = dataclasses.replace(opts, input_size=loaded.input_size)
+        plan = proto.plan(root, opts)
+        if sr_run is not None:
+            plan.requests, sr_aliases = with_sr(plan.requests, sr_run)
     ws.ensure_writable()
     warning = proto.model_warning(plan, loaded.config)
     if warning:
@@ -166,7 +194,8 @@ def eval_cmd(
     t_align = time.time()
     if "align" in proto.options:
         all_rels = list(dict.fromkeys(r for rels in plan.requests.values() for r in rels))
-        plan.images, images_info = _aligned_images(proto, plan.images, root, align, all_rels, ws, device=str(dev), workers=workers, st=st)
+        plan.images, images_info = _aligned_images(proto, plan.images, root, align, all_rels, ws, device=str(dev), workers=workers, st=st,
+                                                   size=opts.input_size, landmarks=landmarks)
     images_info = {**plan.images.describe(), **images_info}
     align_s = time.time() - t_align
 
@@ -188,6 +217,9 @@ def eval_cmd(
 
     out_name = name or (plan.output_name or proto.output_name(opts)) + (f"-sr-{sr_info['run']}" if sr_run is not None else "")
     out_path = ws.root / "evals" / loaded.name / f"{out_name}.json"
+    quality_summary, quality_rows = face_quality(emb, plan.requests)
+    quality_csv = out_path.with_suffix(".quality.csv")
+    write_quality_csv(quality_csv, quality_rows)
     variants = sorted({v.describe() for v in plan.requests})
     record = EvalRecord.build(
         dataset=dataset,
@@ -196,9 +228,10 @@ def eval_cmd(
         model={**loaded.describe(), "flip": flip, "precision": prec, "preprocessing": loaded.preprocessing()},
         images=images_info,
         degradation={"method": method, "blur": blur, "noise": noise, "jpeg": jpeg, "seed": seed,
-                     "upsample": "bicubic back to the input size", "variants": variants,
+                     "upsample": f"{up_method} back to the input size", "up_method": up_method, "variants": variants,
                      **({"sr": sr_run.tag} if sr_run is not None else {})},
         super_resolution=sr_info,
+        quality={"per_face": str(quality_csv), "measures": QUALITY_HELP, "variants": quality_summary},
         sizes=proto.record_sizes(results),
         results=results,
         embeddings={"cache": str(cache.dir), "computed": stats.computed, "cached": stats.cached,

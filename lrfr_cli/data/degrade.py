@@ -39,6 +39,13 @@ import torch.nn.functional as F
 from ..errors import LrfrError
 
 METHODS = ("bicubic", "bilinear", "area", "nearest")
+# Up-sampling back to the input size. "bicubic" (the default) is OpenCV's INTER_CUBIC (Keys a=-0.75);
+# the Deep Siamese seed enlarged with PIL's BICUBIC (a=-0.5), which differs by up to 17 grey levels.
+UP_METHODS = ("bicubic", "pil-bicubic", "bilinear", "nearest")
+UP_METHOD_HELP = (
+    "bicubic: Keys a=-0.75 (OpenCV INTER_CUBIC, the default); pil-bicubic: Keys a=-0.5 (PIL BICUBIC, "
+    "the Deep Siamese seed's); bilinear: OpenCV INTER_LINEAR = PIL BILINEAR; nearest: PIL NEAREST."
+)
 METHOD_HELP = (
     "bicubic: Keys cubic (a=-0.5) with anti-aliasing (PIL-equivalent); "
     "bilinear: triangle filter with anti-aliasing; area: box average (anti-aliased by construction); "
@@ -56,6 +63,7 @@ class DegradeSpec:
     noise: float = 0.0
     jpeg: int | None = None
     upsample: bool = True
+    up_method: str = "bicubic"
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -68,6 +76,8 @@ class DegradeSpec:
             raise LrfrError(f"--noise {self.noise}: std must be >= 0")
         if self.jpeg is not None and not 1 <= self.jpeg <= 100:
             raise LrfrError(f"--jpeg {self.jpeg}: quality must be in 1..100")
+        if self.up_method not in UP_METHODS:
+            raise LrfrError(f"--up-method {self.up_method!r}: choose one of {', '.join(UP_METHODS)}")
 
     @property
     def antialias(self) -> bool:
@@ -76,6 +86,8 @@ class DegradeSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["antialias"] = self.antialias
+        if self.up_method == "bicubic":
+            del d["up_method"]  # the default: manifests written before the option stay valid
         if self.method == "area":
             # Marks the exact fractional-overlap box (it replaced torch's adaptive pooling), so
             # `lrfr degrade --method area` outputs made before the change are redone, not reused.
@@ -90,7 +102,7 @@ class DegradeSpec:
             parts.append(f"noise σ={self.noise:g}")
         if self.jpeg:
             parts.append(f"jpeg q={self.jpeg}")
-        parts.append("up bicubic" if self.upsample else "no upsample")
+        parts.append(f"up {self.up_method}" if self.upsample else "no upsample")
         return ", ".join(parts)
 
 
@@ -154,6 +166,8 @@ def _axis_matrix(n_in: int, n_out: int, mode: str) -> torch.Tensor:
     size = (n_out, n_in)
     if mode in ("bicubic", "bilinear"):
         out = F.interpolate(basis, size=size, mode=mode, align_corners=False, antialias=n_out < n_in)
+    elif mode == "pil-bicubic":  # torch's anti-aliasing kernel is PIL's (a=-0.5), also when enlarging
+        out = F.interpolate(basis, size=size, mode="bicubic", align_corners=False, antialias=True)
     elif mode == "area":
         return _area_matrix(n_in, n_out)
     else:
@@ -187,6 +201,16 @@ def _resize(x: torch.Tensor, hw: tuple[int, int], method: str) -> torch.Tensor:
     mh = _axis_matrix(h, hw[0], method).to(x.device)
     mw = _axis_matrix(w, hw[1], method).to(x.device)
     return torch.matmul(torch.matmul(mh, x), mw.t())
+
+
+def _resize_pil(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """PIL's BICUBIC resize of an 8-bit image: the horizontal pass first, stored as 8 bit (rounded
+    and clipped), then the vertical pass. The intermediate clipping is what makes PIL differ from
+    one exact 2-D filter by up to ~12 grey levels at dark and bright edges (overshoot)."""
+    h, w = x.shape[-2:]
+    mh = _axis_matrix(h, hw[0], "pil-bicubic").to(x.device)
+    mw = _axis_matrix(w, hw[1], "pil-bicubic").to(x.device)
+    return torch.matmul(mh, _quantize(torch.matmul(x, mw.t())))
 
 
 def _quantize(x: torch.Tensor) -> torch.Tensor:
@@ -242,7 +266,8 @@ def degrade_batch(x: torch.Tensor, spec: DegradeSpec, generator: torch.Generator
     if spec.jpeg:
         y = _jpeg(y, spec.jpeg)
     if spec.upsample and (lh, lw) != (h, w):
-        y = _quantize(_resize(y, (h, w), "bicubic"))
+        up = _resize_pil(y, (h, w)) if spec.up_method == "pil-bicubic" else _resize(y, (h, w), spec.up_method)
+        y = _quantize(up)
     if in_dtype == torch.uint8:
         return y.to(torch.uint8)
     return (y / 255.0).to(in_dtype)

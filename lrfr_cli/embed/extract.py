@@ -98,6 +98,8 @@ class Variant:
             parts.append(f"jpeg{s.jpeg}")
         if not s.upsample:
             parts.append("noup")
+        elif s.up_method != "bicubic":
+            parts.append(f"up-{s.up_method}")
         if self.sr is not None:
             parts.append(self.sr.tag)
         return "_".join(parts)
@@ -170,13 +172,33 @@ class Embeddings:
             raise LrfrError("the model produced zero or non-finite embeddings (diverged or untrained checkpoint?)")
         return fuse(e, ef).numpy()
 
+    def quality(self, variant: Variant, rels: list[str]) -> dict[str, np.ndarray]:
+        """Per-face quality of the images as the network saw them (after degradation): the norm
+        of the raw embedding (AdaFace's proxy: low for faces the model cannot place) and the
+        Laplacian variance / mean |Laplacian| of the grey image (Approach2's sharpness)."""
+        variant = self.aliases.get(variant, variant)
+        lap = self.cache.get(variant.name + QUALITY, rels).astype(np.float64)
+        norm = np.linalg.norm(self.cache.get(variant.name, rels).astype(np.float64), axis=1)
+        return {"feature_norm": norm, "laplacian_variance": lap[:, 0], "laplacian_mean_abs": lap[:, 1]}
+
+    def raw(self, variant: Variant, rels: list[str]) -> np.ndarray:
+        """Un-normalised float64 embeddings (with ``flip``: plus the mirrored view's), for pooling
+        that weighs each face by its feature norm (IJB templates) before normalising."""
+        variant = self.aliases.get(variant, variant)
+        e = self.cache.get(variant.name, rels).astype(np.float64)
+        if self.flip:
+            e = e + self.cache.get(variant.name + ".flip", rels).astype(np.float64)
+        if not np.isfinite(e).all():
+            raise LrfrError("the model produced non-finite embeddings (diverged or untrained checkpoint?)")
+        return e
+
 
 def pending(requests: dict[Variant, Iterable[str]], cache: EmbeddingCache, flip: bool = False) -> int:
     """How many images still need the network (0: everything is cached)."""
     todo: set[str] = set()
     for variant, rels in requests.items():
         rels = list(rels)
-        for f in [variant.name] + ([variant.name + ".flip"] if flip else []):
+        for f in _files(variant, flip):
             todo.update(cache.missing(f, rels))
     return len(todo)
 
@@ -203,9 +225,8 @@ def embed(
     todo: dict[Variant, set[str]] = {}
     for variant, rels in requests.items():
         rels = list(dict.fromkeys(rels))
-        files = [variant.name] + ([variant.name + ".flip"] if flip else [])
         miss: set[str] = set()
-        for f in files:
+        for f in _files(variant, flip):
             miss.update(cache.missing(f, rels))
         todo[variant] = miss
         stats.cached += len(rels) - len(miss)
@@ -250,6 +271,7 @@ def embed(
                     xv = xv.contiguous(memory_format=torch.channels_last)
                 sel_rels = [rels[j] for j in sel]
                 cache.add(variant.name, sel_rels, fwd(model, xv, precision).cpu().numpy())
+                cache.add(variant.name + QUALITY, sel_rels, _laplacians(xv))
                 stats.forward_images += len(sel)
                 if flip:
                     cache.add(variant.name + ".flip", sel_rels, fwd(model, xv.flip(3), precision).cpu().numpy())
@@ -262,6 +284,19 @@ def embed(
         cache.flush()  # keep finished work, also when interrupted
     stats.seconds = time.time() - t0
     return Embeddings(cache, flip), stats
+
+
+QUALITY = ".quality"  # cache file suffix: per face, the Laplacian variance and mean |Laplacian| of what the network saw
+
+
+def _files(variant: Variant, flip: bool) -> list[str]:
+    return [variant.name, variant.name + QUALITY] + ([variant.name + ".flip"] if flip else [])
+
+
+def _laplacians(x: torch.Tensor) -> np.ndarray:
+    from ..data.quality import laplacian_quality
+
+    return torch.stack([laplacian_quality(x, "variance"), laplacian_quality(x, "mean-abs")], 1).cpu().numpy()
 
 
 def _apply(variant: Variant, x: torch.Tensor, rels: list[str]) -> torch.Tensor:

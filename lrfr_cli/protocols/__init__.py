@@ -10,7 +10,7 @@ Importing this package loads no numpy or torch: the protocol modules import thos
 
 from __future__ import annotations
 
-from . import binpack, lfw, scface, survface, tinyface
+from . import binpack, ijb, lfw, scface, survface, tinyface
 from .base import EvalOptions, EvalProtocol, Plan
 
 PROTOCOLS: dict[str, EvalProtocol] = {}
@@ -51,5 +51,7 @@ register(scface.PROTOCOL)
 register(survface.PROTOCOL)
 register(tinyface.PROTOCOL)
 register(binpack.PROTOCOL)
+register(ijb.IJBB)
+register(ijb.IJBC)
 
 __all__ = ["PROTOCOLS", "EvalOptions", "EvalProtocol", "Plan", "for_record", "get", "names", "order", "register"]

@@ -37,14 +37,14 @@ class Plan:
 
 
 def variant_for(size: int | None, input_size: int, method: str, *, blur: float = 0.0, noise: float = 0.0,
-                jpeg: int | None = None, seed: int = 0) -> Variant:
+                jpeg: int | None = None, seed: int = 0, up_method: str = "bicubic") -> Variant:
     """The HR variant for ``size >= input_size`` (or None) without extra degradations, else a degraded one."""
     from ..data.degrade import DegradeSpec
     from ..embed import Variant
 
     if size is None or (size >= input_size and not (blur or noise or jpeg)):
         return Variant(None)
-    return Variant(DegradeSpec(size=min(size, input_size), method=method, blur=blur, noise=noise, jpeg=jpeg), seed)
+    return Variant(DegradeSpec(size=min(size, input_size), method=method, blur=blur, noise=noise, jpeg=jpeg, up_method=up_method), seed)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class EvalOptions:
     seed: int = 0
     input_size: int = 112
     bin_channels: str = "rgb"
+    up_method: str = "bicubic"
+    align_landmarks: Optional[Path] = None  # LFW --align landmarks / seed-landmarks: the 5-point file
 
 
 def pct(v: Any) -> str:
@@ -98,6 +100,7 @@ class EvalProtocol:
     options: tuple[str, ...] = ()  # eval options it reads beyond the model/engine ones
     synthetic_lr: bool = False  # probes are HR images degraded by lrfr (--sizes, --method, --sr, --align apply)
     figures: tuple[str, ...] = ()  # report figures: "accuracy_vs_size", "roc_per_size", "cmc", "roc"
+    flip_default: bool = False  # --flip when not given (IJB: on, as insightface scores it)
     metric_help: str = ""  # its flat metric names, for `lrfr report --help`
 
     # ------------------------------------------------------------------ eval

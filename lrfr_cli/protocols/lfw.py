@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,11 +177,13 @@ def plan_lfw(
     jpeg: int | None = None,
     seed: int = 0,
     threshold_pairs: Path | None = None,
+    up_method: str = "bicubic",
 ) -> Plan:
     import numpy as np
 
     from ..embed import Variant
     from . import metrics as M
+    from . import quality as Q
 
     if setting not in SETTINGS:
         raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
@@ -199,7 +201,7 @@ def plan_lfw(
             check_images(root, thr_pairs, threshold_pairs)
     if setting == "hr-hr":
         sizes = [input_size]
-    variants = {s: variant_for(s, input_size, method, blur=blur, noise=noise, jpeg=jpeg, seed=seed) for s in sizes}
+    variants = {s: variant_for(s, input_size, method, blur=blur, noise=noise, jpeg=jpeg, seed=seed, up_method=up_method) for s in sizes}
     hr = Variant(None)
 
     def sides(v: Variant) -> tuple[Variant, Variant]:
@@ -228,14 +230,24 @@ def plan_lfw(
             sc = M.pair_cosine(emb.get(a, [p.rel1 for p in pairs]), emb.get(b, [p.rel2 for p in pairs]))
             res: dict[str, Any] = {"size": s, "variant": variants[s].describe(), "pairs": len(pairs)}
             if n_folds > 1:
-                kf = M.kfold_accuracy(sc, y, np.array([p.fold for p in pairs]))
+                folds = np.array([p.fold for p in pairs])
+                kf = M.kfold_accuracy(sc, y, folds)
             elif thr_pairs:
                 ty = np.array([p.same for p in thr_pairs])
                 ts = M.pair_cosine(emb.get(a, [p.rel1 for p in thr_pairs]), emb.get(b, [p.rel2 for p in thr_pairs]))
                 t, _ = M.best_threshold(ts, ty)
+                folds = np.zeros(len(pairs), dtype=int)
                 kf = M.KFoldResult(M.accuracy_at(sc, y, t), 0.0, [M.accuracy_at(sc, y, t)], [t])
             else:
-                kf = M.kfold_accuracy(sc, y, np.arange(len(pairs)) % 10)
+                folds = np.arange(len(pairs)) % 10
+                kf = M.kfold_accuracy(sc, y, folds)
+            # each pair judged at its own fold's threshold, for accuracy by quality bin
+            fold_ids = np.unique(folds)
+            thr = np.asarray(kf.thresholds)[np.searchsorted(fold_ids, folds)]
+            correct = (sc >= thr) == y
+            qb = emb.quality(b, [p.rel2 for p in pairs])
+            qa = None if setting == "hr-lr" else emb.quality(a, [p.rel1 for p in pairs])
+            res["quality_bins"] = Q.pair_quality_bins(qa, qb, correct)
             res.update(verification_result(sc, y, kf))
             out[str(s)] = res
         return out
@@ -256,13 +268,113 @@ def plan_lfw(
     )
 
 
+LANDMARK_ALIGNS = ("landmarks", "seed-landmarks")
+DEFAULT_LANDMARKS = Path("protocols") / "lfw_landmarks" / "LFW.csv"  # under $LRFR_DATA
+
+
+def read_lfw_landmarks(path: Path) -> dict[str, Any]:
+    """``Name/Name_0001.jpg`` → 5x2 points, from ``path,x1,y1,...,x5,y5`` (the Deep Siamese seed's
+    ``LFW.csv``) or the same fields separated by tabs/spaces (its ``lfw_landmark.txt``)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise LrfrError(f"landmark file {path} does not exist (pass --landmarks FILE: 'Name/Name_0001.jpg,x1,y1,...,x5,y5' lines)")
+    out: dict[str, Any] = {}
+    for i, ln in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not ln.strip():
+            continue
+        t = [x.strip() for x in ln.split(",")] if "," in ln else ln.split()
+        try:
+            if len(t) != 11:
+                raise ValueError
+            pts = np.array([float(v) for v in t[1:]], dtype=np.float64).reshape(5, 2)
+        except ValueError:
+            raise LrfrError(f"{path}:{i}: expected 'Name/Name_0001.jpg,x1,y1,...,x5,y5' (11 fields), got {ln.strip()[:80]!r}") from None
+        out["/".join(Path(t[0]).parts[-2:])] = pts
+    if not out:
+        raise LrfrError(f"{path}: no landmarks found")
+    return out
+
+
+def seed_template(size: int) -> Any:
+    """The Deep Siamese seed's template: the 96x112 (SphereFace) points scaled by ``size``/112 into
+    a ``size``-square crop, so its faces sit 8·size/112 px left of the ArcFace crop's centre."""
+    from ..align.warp import ARCFACE_TEMPLATE
+
+    return (ARCFACE_TEMPLATE - [8.0, 0.0]) * (size / 112.0)
+
+
+@dataclass
+class LfwLandmarks:
+    """LFW faces warped with 5 points from a landmark file (``eval --align landmarks|seed-landmarks``).
+
+    ``landmarks``: lrfr's warp (ArcFace template, bilinear, reflected border, area pre-shrink),
+    as SCface's lists are aligned. ``seed-landmarks``: the Deep Siamese seed's own crop (its
+    template, :func:`seed_template`; bicubic; black border). Images the file does not list
+    use ``fallback`` (the centre-crop warp), named in the eval record.
+    """
+
+    root: Path
+    landmarks: dict[str, Any]
+    name: str
+    size: int = 112
+    style: str = "landmarks"
+    source: str = ""
+    fallback_rels: frozenset[str] = field(default_factory=frozenset)
+    fallback: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        how = ("5-point landmarks, lrfr similarity warp to the ArcFace template" if self.style == "landmarks" else
+               "5-point landmarks, Deep Siamese seed warp (96x112 template scaled to the input, bicubic, black border)")
+        d: dict[str, Any] = {"root": str(self.root), "align": f"{how} ({self.source})", "size": self.size}
+        if self.fallback is not None:
+            d["fallback"] = self.fallback.describe()
+        return d
+
+    def key(self, rel: str) -> str:
+        return "/".join(Path(rel).parts[-2:])
+
+    def load(self, rel: str) -> Any:
+        import cv2
+
+        from ..align.warp import umeyama
+        from ..data.images import load_rgb
+        from .sources import warp_antialiased
+
+        lm = self.landmarks.get(self.key(rel))
+        if lm is None:
+            return self.fallback.load(rel)
+        img = load_rgb(self.root / rel)
+        if self.style == "landmarks":
+            return warp_antialiased(img, lm, self.size)
+        m = umeyama(lm, seed_template(self.size))
+        return cv2.warpAffine(img, m, (self.size, self.size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def landmark_images(root: Path, style: str, path: Path, rels: list[str], center: Any, size: int) -> tuple[LfwLandmarks, dict[str, Any]]:
+    """The image set for ``--align landmarks|seed-landmarks`` and what the eval record says about it."""
+    import hashlib
+
+    lms = read_lfw_landmarks(path)
+    missing = frozenset(r for r in rels if "/".join(Path(r).parts[-2:]) not in lms)
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    images = LfwLandmarks(root=root, landmarks=lms, name=f"lfw-{style}-{digest[:10]}", size=size, style=style,
+                          source=f"{path.name} sha1 {digest[:12]}", fallback_rels=missing, fallback=center)
+    info = {"align": style, "landmark_file": str(path), "landmark_sha1": digest, "landmark_missing": len(missing),
+            "landmark_missing_examples": sorted(missing)[:20], "fallback": "center-crop"}
+    if image_prefix(root) == "lfw-deepfunneled/":
+        info["note"] = ("landmark files such as the seed's LFW.csv were measured on the original lfw.tgz images; "
+                        "on the deep-funneled ones they do not line up exactly")
+    return images, info
+
+
 class LfwProtocol(EvalProtocol):
     """LFW verification; results keyed by probe size, metrics ``lfw[-PAIRS]/SETTING@SIZE``."""
 
     name = "lfw"
     title = "LFW"
     layout = LAYOUT
-    options = ("sizes", "setting", "pairs", "threshold_pairs", "align", "method", "blur", "noise", "jpeg", "seed", "sr")
+    options = ("sizes", "setting", "pairs", "threshold_pairs", "align", "landmarks", "method", "up_method", "blur", "noise", "jpeg", "seed", "sr")
     synthetic_lr = True
     figures = ("accuracy_vs_size", "roc_per_size")
     metric_help = ("lfw/SETTING@SIZE (accuracy; lfw-PAIRS/... for another pairs file, e.g. lfw-pairsDevTest/hr-lr@16), "
@@ -279,9 +391,9 @@ class LfwProtocol(EvalProtocol):
 
         pairs_file = opts.pairs if opts.pairs is not None else root / "pairs.txt"
         # the centre-crop warp stands in until eval has chosen the alignment (--align)
-        return plan_lfw(LfwCenterCrop(root), root, pairs_file, setting=opts.setting, sizes=opts.sizes,
+        return plan_lfw(LfwCenterCrop(root, size=opts.input_size), root, pairs_file, setting=opts.setting, sizes=opts.sizes,
                         input_size=opts.input_size, method=opts.method, blur=opts.blur, noise=opts.noise,
-                        jpeg=opts.jpeg, seed=opts.seed, threshold_pairs=opts.threshold_pairs)
+                        jpeg=opts.jpeg, seed=opts.seed, threshold_pairs=opts.threshold_pairs, up_method=opts.up_method)
 
     def output_name(self, opts: EvalOptions) -> str:
         name = self.name

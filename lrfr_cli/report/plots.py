@@ -62,6 +62,10 @@ def planned(report: Report, ws_root: Path) -> list[tuple[str, Callable[[Any], An
         for r in recs:
             if r.dataset in having("roc_per_size") and any(isinstance(v.get("roc"), dict) for v in r.results.values()):
                 jobs.append((f"roc_{_safe(row_name(r))}_{_safe(proto)}_{setting}.png", lambda plt, rec=r: _roc_per_size(plt, rec)))
+    for r in report.records:
+        if any(isinstance(v, dict) and isinstance(v.get("quality_bins"), dict) for v in r.results.values()):
+            jobs.append((f"quality_{_safe(row_name(r))}_{_safe(r.protocol_id)}_{r.setting or 'hr-lr'}.png",
+                         lambda plt, rec=r: _accuracy_by_quality(plt, rec)))
     for ds in having("cmc"):
         recs = [r for r in report.records if r.dataset == ds and any(v.get("cmc") for v in r.results.values())]
         if recs:
@@ -130,6 +134,28 @@ def _roc_per_size(plt: Any, rec: EvalRecord) -> Any:
     ax.set_ylabel("true accept rate")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+QUALITY_AXES = (("feature_norm", "feature norm of the face (model)", False),
+                ("laplacian_variance", "Laplacian variance of the face (log)", True))
+
+
+def _accuracy_by_quality(plt: Any, rec: EvalRecord) -> Any:
+    """Accuracy of the pairs in each quality quintile, a line per probe size: where a quality
+    threshold would drop the faces the model gets wrong."""
+    fig, axes = _fig(plt, f"{row_name(rec)} · {rec.protocol_id} {rec.setting}: accuracy by face quality", ncols=len(QUALITY_AXES))
+    for ax, (measure, label, log) in zip(axes, QUALITY_AXES):
+        for k, v in rec.results.items():
+            bins = (v.get("quality_bins") or {}).get(measure) if isinstance(v, dict) else None
+            if bins:
+                ax.plot([b["median"] for b in bins], [100 * b["accuracy"] for b in bins], marker="o", label=f"{k} px")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{label}: bin median")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy % (pairs in the bin)")
+    axes[0].legend(fontsize=8, loc="lower right")
     return fig
 
 
