@@ -41,10 +41,6 @@ def _walk(group: TyperGroup, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[s
     return found
 
 
-def _paths() -> list[tuple[str, ...]]:
-    return [(), *(path for path, _ in _walk(get_command(app)))]  # type: ignore[arg-type]
-
-
 def _command(path: tuple[str, ...]) -> typer.core.TyperCommand:
     root = get_command(app)
     return root if not path else dict(_walk(root))[path]  # type: ignore[arg-type]
@@ -85,24 +81,33 @@ def _rows(text: str) -> dict[str, str]:
     return names
 
 
-@pytest.mark.parametrize("path", _paths(), ids=lambda p: " ".join(("lrfr", *p)))
-def test_help_shows_every_name_in_full_within_80_columns(path: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+def _check_help(path: tuple[str, ...], cmd: typer.core.TyperCommand, monkeypatch: pytest.MonkeyPatch) -> None:
     text = _render(path, monkeypatch)
     wide = [line for line in text.splitlines() if cell_len(line) > WIDTH]
     assert not wide, f"{len(wide)} lines wider than {WIDTH}: {wide[:2]}"
     assert "…" not in text, "something was cut short"
     shown = _rows(text)
-    cmd = _command(path)
-    ctx = typer.Context(cmd)
-    params = [p for p in cmd.get_params(ctx) if not getattr(p, "hidden", False)]
+    params = [p for p in cmd.get_params(typer.Context(cmd)) if not getattr(p, "hidden", False)]
     assert params
     for param in params:
-        if isinstance(param, TyperArgument):
-            wanted = [param.name]
-        else:
-            wanted = [*param.opts, *param.secondary_opts]
+        wanted = [param.name] if isinstance(param, TyperArgument) else [*param.opts, *param.secondary_opts]
         missing = [name for name in wanted if name not in shown]
         assert not missing, f"lrfr {' '.join(path)}: {missing} not shown in full at the start of a row"
+
+
+# Names only: listing them imports no command module, so collecting this file stays cheap.
+@pytest.mark.parametrize("name", [None, *get_command(app).list_commands(None)], ids=lambda n: f"lrfr {n or ''}".strip())  # type: ignore[attr-defined]
+def test_help_shows_every_name_in_full_within_80_columns(name: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's --help (and its subcommands', should it become a group) at COLUMNS=80."""
+    root = get_command(app)
+    if name is None:
+        _check_help((), root, monkeypatch)
+        return
+    found = [((name,), _command((name,)))]
+    if isinstance(found[0][1], TyperGroup):
+        found += _walk(found[0][1], (name,))  # type: ignore[arg-type]
+    for path, cmd in found:
+        _check_help(path, cmd, monkeypatch)
 
 
 def test_panel_tables_name_real_options_once() -> None:
@@ -150,7 +155,7 @@ def test_a_new_command_with_a_very_long_option_name_is_laid_out_too(monkeypatch:
     mod.register = lambda a: a.command("wide")(wide)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setattr(cli_mod, "COMMANDS", (*cli_mod.COMMANDS, cli_mod.CommandSpec("wide", "wide_fake", "A command added later.")))
-    assert ("wide",) in _paths()
+    assert "wide" in get_command(app).list_commands(None)  # type: ignore[attr-defined]
     text = _render(("wide",), monkeypatch)
     assert all(cell_len(line) <= WIDTH for line in text.splitlines())
     shown = _rows(text)
