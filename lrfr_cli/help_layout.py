@@ -21,6 +21,7 @@ value), and wrapped docstrings are joined into paragraphs again (:func:`reflow`)
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,29 +54,43 @@ def _run_on(cell: Any) -> Any:
     return Text(" ").join(p for p in parts if p.plain)
 
 
-def _names(column: Column) -> list[Any]:
-    return [cell for cell in column._cells if not _is_blank(cell)]
+# Several names on one line up to this width (``--plots/--no-plots``), even where they are wider
+# than every single name of the panel: stacking them would save the help column little.
+_STACK_ABOVE = 20
 
 
-def _merge_negative_forms(columns: list[Column]) -> None:
-    """Show ``--flip/--no-flip`` in one name column, as click does, not in a column of its own.
+def _stack(cell: Any, width: int) -> Any:
+    """``--a,--b`` or ``--a/--no-a`` wider than ``width``: one name a line, separators kept."""
+    if not isinstance(cell, Text) or cell.cell_len <= width:
+        return cell
+    cuts = [m.end() for m in re.finditer(r"[,/]", cell.plain)]
+    return Text("\n").join(cell.divide(cuts)) if cuts else cell
+
+
+def _tidy_names(columns: list[Column]) -> None:
+    """One name column as click shows it, never wider than its longest single name.
 
     Typer's option rows are [required], long names, short names, '--no-x' names, '-X' names,
-    type, help. A panel with one on/off flag otherwise spends a whole column on its '--no-' form.
-    Nothing changes unless the four name columns hold nothing but option names.
+    type, help. A flag's off form joins its name (``--flip/--no-flip``) instead of taking a
+    column of its own; a cell of several names wider than the column's longest single name and
+    than ``_STACK_ABOVE`` (``--freeze-backbone/--no-freeze-backbone``) lists one name a line. Nothing changes unless
+    the four name columns hold nothing but option names.
     """
     if len(columns) not in (6, 7):
         return
-    long_, short, neg_long, neg_short = columns[len(columns) - 6 : len(columns) - 2]
-    cells = [c for col in (long_, short, neg_long, neg_short) for c in _names(col)]
+    name_columns = columns[len(columns) - 6 : len(columns) - 2]
+    cells = [c for col in name_columns for c in col._cells if not _is_blank(c)]
     if not all(isinstance(c, Text) and c.plain.startswith("-") for c in cells):
         return
+    long_, short, neg_long, neg_short = name_columns
     for main, negative in ((long_, neg_long), (short, neg_short)):
         main._cells = [
             Text.assemble(a, "/", b) if not _is_blank(a) and not _is_blank(b) else (b if _is_blank(a) else a)
             for a, b in zip(main._cells, negative._cells, strict=True)
         ]
         negative._cells = [Text("") for _ in negative._cells]
+        widest = max((len(name) for c in main._cells for name in re.split(r"[,/]", c.plain)), default=0)
+        main._cells = [_stack(c, max(widest, _STACK_ABOVE)) for c in main._cells]
 
 
 class HelpTable(Table):
@@ -87,7 +102,7 @@ class HelpTable(Table):
         if self._fitted or not self.columns:
             return
         self._fitted = True
-        _merge_negative_forms(self.columns)
+        _tidy_names(self.columns)
         # Typer always adds columns for '--no-x' forms and short flags; most panels have none.
         self.columns = [c for c in self.columns if not all(_is_blank(cell) for cell in c._cells)] or self.columns[-1:]
         for index, column in enumerate(self.columns):

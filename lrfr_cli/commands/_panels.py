@@ -4,7 +4,8 @@
 (data, model, loss and LR recipe, loop, devices, ...) without touching the option declarations, so
 commands stay plain Typer functions and a new option needs one word here to join a panel. An
 option not in its command's table goes to :data:`OTHER` (listed last, with ``--help``); a panel
-set in the declaration itself (``rich_help_panel=``) wins. Panels are listed in table order.
+set in the declaration itself (``rich_help_panel=``) wins. Panels, and the options in each,
+are listed in table order.
 ``tests/test_help.py`` checks that every name here is an option of its command.
 
 Kept free of heavy imports: ``lrfr --help`` reads :data:`COMMAND_PANELS` without torch.
@@ -38,22 +39,22 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
         "Data": ("--data", "--data-root", "--allow-outside-root", "--sampler", "--images-per-identity", "--flip", "--cache"),
         "Validation": _VALIDATION,
-        "Model": ("--task", "--backbone", "--embedding-size"),
+        "Model": ("--backbone", "--embedding-size", "--task"),
         "Loss and LR recipe": (
-            "--loss", "--loss-opt", "--margin", "--scale", "--quality", "--lr", "--head-lr-scale", "--freeze-backbone",
-            "--optimizer", "--momentum", "--weight-decay", "--schedule", "--warmup-steps", "--clip-grad",
+            "--loss", "--loss-opt", "--margin", "--scale", "--quality", "--optimizer", "--lr", "--head-lr-scale",
+            "--momentum", "--weight-decay", "--schedule", "--warmup-steps", "--clip-grad", "--freeze-backbone",
         ),
-        "Cross-resolution batches (CRB)": ("--crb", "--lr-sizes", "--crb-mode", "--lr-prob"),
-        "Loop and run": ("--batch-size", *_RUN),
+        "Cross-resolution batches (CRB)": ("--crb", "--crb-mode", "--lr-sizes", "--lr-prob"),
+        "Loop and run": (*_RUN[:3], "--batch-size", *_RUN[3:]),
         "Devices and distributed": ("--device", "--precision", "--channels-last", "--compile", "--workers", "--threads", "--classifier", "--sample-rate"),
-        "Super-resolution (--task sr)": ("--arch", "--sr-loss", "--perceptual", "--perceptual-weight", "--adversarial", "--disc-lr-scale", "--sr-val-images", "--sr-patch"),
+        "Super-resolution (--task sr)": ("--arch", "--sr-loss", "--sr-patch", "--perceptual", "--perceptual-weight", "--adversarial", "--disc-lr-scale", "--sr-val-images"),
     },
     "finetune": {
         "Method": ("--method", "--method-opt", "--loss", "--loss-opt", "--lr-sizes", "--margin", "--id-weight", "--p-down", "--p-down-end", "--lambda", "--feature-loss"),
         "Model": ("--from", "--backbone", "--checkpoint", "--embedding-size"),
         "Data": ("--data", "--data-root", "--allow-outside-root", "--p", "--k", "--flip", "--cache"),
         "Validation": _VALIDATION,
-        "LR recipe": ("--lr", "--head-lr", "--freeze-backbone", "--optimizer", "--momentum", "--weight-decay", "--schedule", "--warmup-steps", "--clip-grad"),
+        "LR recipe": ("--optimizer", "--lr", "--head-lr", "--momentum", "--weight-decay", "--schedule", "--warmup-steps", "--clip-grad", "--freeze-backbone"),
         "Loop and run": _RUN,
         "Devices and distributed": ("--device", "--precision", "--channels-last", "--workers", "--threads"),
     },
@@ -113,12 +114,14 @@ def apply_panels(command_name: str, command: Any) -> None:
     if not table:
         return
     panel_of = {name: panel for panel, names in table.items() for name in names}
+    rank = {name: i for i, name in enumerate(panel_of)}  # the table's order, panel by panel
     order = {panel: i for i, panel in enumerate(table)}
     arguments = [p for p in command.params if p.param_type_name == "argument"]
     options = [p for p in command.params if p.param_type_name != "argument"]
     for param in options:
         if getattr(param, "rich_help_panel", None) is None:
             param.rich_help_panel = panel_of.get(option_name(param), OTHER)
-    options.sort(key=lambda p: order.get(p.rich_help_panel, len(order) + (p.rich_help_panel == OTHER)))
+    # Panels in table order, options within a panel too; others after, in declaration order.
+    options.sort(key=lambda p: (order.get(p.rich_help_panel, len(order) + (p.rich_help_panel == OTHER)), rank.get(option_name(p), len(rank))))
     command.params[:] = arguments + options
     command.help_panel = OTHER
