@@ -24,6 +24,8 @@ except ImportError:  # pragma: no cover - older typer depends on click itself
 
 from . import __version__
 from .commands._common import set_state
+from .commands._panels import COMMAND_PANELS, OTHER_COMMANDS, apply_panels
+from .help_layout import ReadableHelp, readable
 from .ui import State
 
 
@@ -99,6 +101,8 @@ def load_command(spec: CommandSpec, rich_markup_mode: Any = "rich") -> TyperComm
     """Import ``spec``'s module and build its click command from the module's ``register(app)``.
 
     Modules keep the plain ``register(app)`` hook, so they do not know they are loaded lazily.
+    The command's ``--help`` is laid out by :mod:`~lrfr_cli.help_layout`, its options grouped
+    into the panels of :mod:`~lrfr_cli.commands._panels`.
     """
     module = importlib.import_module(f"{__package__}.commands.{spec.module}")
     sub = typer.Typer(add_completion=False, rich_markup_mode=rich_markup_mode)
@@ -106,7 +110,10 @@ def load_command(spec: CommandSpec, rich_markup_mode: Any = "rich") -> TyperComm
     for info in sub.registered_commands:
         name = info.name or typer.main.get_command_name(info.callback.__name__)  # type: ignore[union-attr]
         if name == spec.name:
-            return typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode)  # type: ignore[return-value]
+            info.cls = readable(info.cls)
+            command = typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode)
+            apply_panels(spec.name, command)
+            return command  # type: ignore[return-value]
     raise RuntimeError(f"{module.__name__}.register() did not register a command named {spec.name!r}")
 
 
@@ -119,7 +126,9 @@ class LazyCommand(TyperCommand):
     """
 
     def __init__(self, spec: CommandSpec, rich_markup_mode: Any) -> None:
-        super().__init__(spec.name, help=spec.help, short_help=spec.help, rich_markup_mode=rich_markup_mode)
+        super().__init__(
+            spec.name, help=spec.help, short_help=spec.help, rich_markup_mode=rich_markup_mode, rich_help_panel=COMMAND_PANELS.get(spec.name, OTHER_COMMANDS)
+        )
         self.spec = spec
         self._real: TyperCommand | None = None
 
@@ -145,7 +154,7 @@ def _one_line_usage_error(e: ClickException) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
-class LazyGroup(TyperGroup):
+class LazyGroup(ReadableHelp, TyperGroup):
     """The top-level group: commands from :data:`COMMANDS`, modules imported on first use."""
 
     def __init__(self, **attrs: Any) -> None:

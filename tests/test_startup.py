@@ -91,15 +91,16 @@ def test_help_status_make_list_do_not_import_torch(tmp_path: Path) -> None:
 
 
 def _help_rows(text: str) -> list[tuple[str, str]]:
-    """(name, help) rows of the rich "Commands" panel; wrapped help lines are re-joined."""
+    """(name, help) rows of the command panels (every panel but "Options"), wrapped help re-joined."""
     rows: list[tuple[str, str]] = []
     inside = False
     for line in text.splitlines():
-        if "─ Commands ─" in line:
-            inside = True
+        if line.startswith("╭"):
+            inside = "─ Options ─" not in line
             continue
-        if inside and line.startswith("╰"):
-            break
+        if line.startswith("╰"):
+            inside = False
+            continue
         if inside:
             body = line.strip().strip("│").rstrip()
             m = re.match(r" (\S+)\s+(.*)$", body)

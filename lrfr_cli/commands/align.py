@@ -38,8 +38,8 @@ def align(
     quality: int = typer.Option(92, "--quality", help="JPEG quality of the written faces."),
     device: str = typer.Option("auto", "--device", help="Where MTCNN runs: auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Same-size photos detected together in one MTCNN pass."),
-    workers: int = typer.Option(-1, "--workers", "-j", help="Decode processes; 0 = decode in the main process; -1 = auto: 0 for small photos (LFW-sized, decoding is cheaper than shipping them between processes), one per core beyond the first for photos over 1 megapixel."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for MTCNN (0 = torch's default, all cores, less one per decode process). On cores shared with other jobs, 1 can be several times faster: busy cores stall multi-threaded kernels."),
+    workers: int = typer.Option(-1, "--workers", "-j", help="Decode processes; 0 = in the main process; -1 = auto: one per core beyond the first for photos over 1 megapixel, else 0 (small photos decode faster than they ship between processes)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for MTCNN (0 = torch's default: all cores, less one per decode process). On cores busy with other jobs, 1 can be several times faster."),
     ext: str | None = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
     force: bool = typer.Option(False, "--force", help="Redo an artifact that is complete, or was made with other options."),
 ) -> None:

@@ -136,7 +136,7 @@ def finetune(
     pixel_std: str | None = typer.Option(None, "--pixel-std", help="ONNX --from: the STD of --pixel-mean (insightface models: 127.5)."),
     embedding_size: int | None = typer.Option(None, "--embedding-size", min=2, help="Check: the embedding size you expect of --from (fine-tuning keeps the parent's size; a mismatch is an error)."),
     run_name: str | None = typer.Option(None, "--run", "--run-name", help="Run name: writes <workspace>/runs/RUN/ (default: METHOD-PARENT). Under torchrun spell it --run-name."),
-    p: int = typer.Option(16, "--p", "--identities-per-batch", min=2, help="P: identities per batch (the batch is P × K faces, plus LR copies for octuplet, siamese and derivenet). Under torchrun spell it --identities-per-batch (torchrun's parser takes --p for its own --print-completion)."),
+    p: int = typer.Option(16, "--p", "--identities-per-batch", min=2, help="P: identities per batch (the batch is P × K faces, plus LR copies for octuplet, siamese and derivenet). Under torchrun spell it --identities-per-batch (torchrun takes --p for its --print-completion)."),
     k: int = typer.Option(4, "--k", "--images-per-identity", min=2, help="K: images per identity in a batch; at least P identities need K images (hard positives come from them)."),
     lr_sizes: str | None = typer.Option(None, "--lr-sizes", help="Heights in pixels the LR copies are down-sampled to (one drawn per face, then up-sampled back), e.g. 8,12,16,20 (default: the method's, listed below)."),
     loss: str | None = typer.Option(None, "--loss", "-l", help=f"Identity loss head where the method has one: {', '.join(heads())} (default: the method's, listed below)."),
@@ -148,7 +148,7 @@ def finetune(
     lam: float | None = typer.Option(None, "--lambda", help="distill: weight of the feature distance to the teacher (default 0.1); derivenet: weight of the ReCent loss (default 1e-3)."),
     feature_loss: str | None = typer.Option(None, "--feature-loss", help="distill: distance between student(LR) and teacher(HR) features, mse or cosine (default mse)."),
     method_opt: list[str] | None = typer.Option(None, "--method-opt", help="Any option of the method as KEY=VALUE (repeatable); the options of each method and their defaults are listed below."),
-    freeze_backbone: bool = typer.Option(False, "--freeze-backbone/--no-freeze-backbone", help="Train only the method's head (identity classifier, DeriveNet's classifier and reconstruction map); the backbone's weights and BatchNorm statistics stay the parent's."),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone/--no-freeze-backbone", help="Train only the method's head (identity classifier, DeriveNet's classifier and reconstruction map); the backbone and its BatchNorm statistics stay the parent's."),
     epochs: int | None = typer.Option(None, "--epochs", "-e", min=1, help="Passes over the data (with --max-steps, whichever ends first). Default 2 when neither is given."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the backbone (default 0.01 for sgd, 1e-4 for adamw: the parent is already trained)."),
@@ -171,8 +171,8 @@ def finetune(
     val_root: Path | None = typer.Option(None, "--val-root", help="Image root of --val-pairs (default: lfw-deepfunneled/ beside the pairs file)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of this process (0 = torch's default). On cores shared with other jobs, 1 can be many times faster."),
     log_every: int = typer.Option(10, "--log-every", min=1, help="Write a metrics.jsonl line (mean loss and the method's named terms) every N steps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt. Re-running an interrupted run's identical command also resumes; add --force to resume with changed options."),
-    force: bool = typer.Option(False, "--force", help="Start the run over, replacing a run of that name made with other options (with --resume: keep its checkpoint and continue with the new options)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt. The same command re-run also resumes; add --force to resume with changed options."),
+    force: bool = typer.Option(False, "--force", help="Start over, replacing a run of that name made with other options (with --resume: continue its checkpoint with the new options)."),
 ) -> None:
     """Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese)."""
     st = state()

@@ -52,13 +52,13 @@ def losses_epilog() -> str:
 
 @handle_errors
 def train(
-    data: str = typer.Option(..., "--data", "-d", help="Training set: a list artifact (lists/NAME or its train.txt), a list file + --data-root, an identity folder (ROOT/<identity>/<image>), a workspace artifact (aligned/NAME) or an insightface RecordIO folder (train.rec + train.idx)."),
+    data: str = typer.Option(..., "--data", "-d", help="Training set: lists/NAME, a list file (see --data-root), an identity folder ROOT/<identity>/<image>, aligned/NAME or an insightface RecordIO folder (train.rec + train.idx)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Folder the list's paths are relative to (default: the root recorded in the list's labels.json)."),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="accept list entries that resolve outside the list's data root"),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept list entries that resolve outside the list's data root."),
     backbone: str = typer.Option("ir50", "--backbone", "-b", help=f"Backbone: {', '.join(BACKBONES)} (mobilefacenet trains on a CPU; tiny is a small net for tests and quick demos)."),
     loss: str = typer.Option("arcface", "--loss", "-l", help=f"Loss head: {', '.join(heads())} (each is described below the options)."),
     loss_opt: list[str] | None = typer.Option(None, "--loss-opt", help="A loss option as KEY=VALUE (repeatable), e.g. --loss-opt m=0.4; the options of each loss and their defaults are listed below."),
-    run_name: str | None = typer.Option(None, "--run", "--run-name", help="Run name: writes <workspace>/runs/RUN/ (default: LOSS-BACKBONE). Under torchrun spell it --run-name (torchrun's parser mistakes --run for its own --run-path)."),
+    run_name: str | None = typer.Option(None, "--run", "--run-name", help="Run name: writes runs/RUN/ (default: LOSS-BACKBONE). Under torchrun spell it --run-name (torchrun takes --run for its --run-path)."),
     epochs: int | None = typer.Option(None, "--epochs", "-e", min=1, help="Passes over the data (with --max-steps, whichever ends first). Default 20 when neither is given."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps."),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="GLOBAL batch size; under torchrun each of N processes takes batch/N."),
@@ -74,12 +74,12 @@ def train(
     warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="Linear LR warm-up steps."),
     margin: float | None = typer.Option(None, "--margin", help="Margin m of the loss (same as --loss-opt m=VALUE; defaults below)."),
     scale: float | None = typer.Option(None, "--scale", help="Logit scale s of margin losses (same as --loss-opt s=VALUE; default 64)."),
-    crb: bool | None = typer.Option(None, "--crb/--no-crb", help="Cross-Resolution Batches: mix each batch with low-resolution versions of its faces, made on the device (default: on for losses that need it, e.g. approach1/2, off otherwise)."),
+    crb: bool | None = typer.Option(None, "--crb/--no-crb", help="Mix each batch with low-resolution versions of its faces, made on the device (default: on for the losses that need it, approach1/2)."),
     lr_sizes: str = typer.Option(",".join(map(str, DEFAULT_LR_SIZES)), "--lr-sizes", help="CRB: heights in pixels the LR versions are down-sampled to (one drawn per sample), e.g. 8,12,16,20."),
     crb_mode: str = typer.Option("copies", "--crb-mode", help=f"CRB mode: {CRB_MODE_HELP}"),
     lr_prob: float = typer.Option(0.5, "--lr-prob", help="CRB split mode: the share of each batch replaced by LR versions (0..1)."),
-    classifier: str = typer.Option("full", "--classifier", help="Class weights: full (every process holds all of them; DDP all-reduces their gradient) or sharded (under torchrun each process holds 1/N of the classes and embeddings are all-gathered: for 100k+ identities; margin losses only). Checkpoints hold the full matrix either way."),
-    sample_rate: float = typer.Option(1.0, "--sample-rate", help="--classifier sharded: share of each process's classes in each step's softmax (negative class sampling as in Partial FC; the batch's own classes are always kept). 1 = the exact softmax."),
+    classifier: str = typer.Option("full", "--classifier", help="Class weights: full (on every process) or sharded (under torchrun each process holds 1/N of the classes: for 100k+ identities, margin losses only). Checkpoints hold the full matrix either way."),
+    sample_rate: float = typer.Option(1.0, "--sample-rate", help="--classifier sharded: share of the classes in each step's softmax (Partial FC's negative sampling; the batch's own classes are always in). 1 = exact softmax."),
     quality: str | None = typer.Option(None, "--quality", help=f"approach2's image quality (same as --loss-opt quality=VALUE): {QUALITY_HELP}"),
     embedding_size: int = typer.Option(512, "--embedding-size", min=2, help="Embedding dimension."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun auto picks cuda:LOCAL_RANK)."),
@@ -102,7 +102,7 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of this process (0 = torch's default, all cores). On cores shared with other jobs, 1 can be many times faster: busy cores stall multi-threaded kernels."),
     log_every: int = typer.Option(10, "--log-every", min=1, help="Write a metrics.jsonl line (mean loss and loss terms) every N steps."),
     # --- super-resolution (--task sr; lrfr_cli/sr/recipe.py) ---
-    task: str = typer.Option("classify", "--task", help="classify: a face-embedding backbone with a margin loss; sr: a face super-resolution network (LR made on the fly at --lr-sizes, validated by PSNR/SSIM on the list's val.txt; use e.g. --optimizer adamw --lr 1e-3)."),
+    task: str = typer.Option("classify", "--task", help="classify: a face-embedding backbone with a margin loss; sr: a face super-resolution network (LR faces made at --lr-sizes, scored by PSNR/SSIM on the list's val.txt; try --optimizer adamw --lr 1e-3)."),
     arch: str = typer.Option("srcnn", "--arch", help="--task sr: network, srcnn (3 layers, fast on a CPU) or srresnet (SRGAN's generator; allows --adversarial/--perceptual)."),
     sr_loss: str = typer.Option("l1", "--sr-loss", help="--task sr: content loss between SR and HR faces, l1 or mse."),
     perceptual: str | None = typer.Option(None, "--perceptual", help="--task sr --arch srresnet: runs/RUN of a recognition model whose frozen embedding keeps SR faces' identity (loss 1 - cos)."),
@@ -111,8 +111,8 @@ def train(
     disc_lr_scale: float = typer.Option(1.0, "--disc-lr-scale", min=0.0, help="--task sr: the discriminator's learning rate is --lr times this."),
     sr_val_images: int = typer.Option(256, "--sr-val-images", min=1, help="--task sr: held-out faces of the list's val.txt scored after each epoch (spread over the file)."),
     sr_patch: int = typer.Option(48, "--sr-patch", min=0, help="--task sr: train on random windows of this many pixels cut from the LR input and HR target (0 = whole faces; --perceptual needs 0)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt (an error if there is none). Re-running an interrupted run's identical command also resumes; add --force to resume with changed options (e.g. a lower --lr)."),
-    force: bool = typer.Option(False, "--force", help="Start the run over, replacing a run of that name made with other options (with --resume: keep its checkpoint and continue with the new options)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt (an error if there is none). The same command re-run also resumes; add --force to resume with changed options (e.g. a lower --lr)."),
+    force: bool = typer.Option(False, "--force", help="Start over, replacing a run of that name made with other options (with --resume: continue its checkpoint with the new options)."),
 ) -> None:
     """Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."""
     st = state()
