@@ -92,7 +92,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name that was not UTF-8 (a lone surrogate, as ``os.listdir`` returns it) is
+    written back as its original bytes, so a list naming it finds the file again."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -116,7 +118,8 @@ def fingerprint_tree(root: str | os.PathLike[str], files: Iterable[str | os.Path
         p = Path(f)
         st = p.stat()
         rel = p.relative_to(root).as_posix() if p.is_absolute() else p.as_posix()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # os.fsencode: a name that is not UTF-8 (Latin-1 ``caf\xe9.jpg``) hashes as its bytes.
+        h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         n += 1
         total += st.st_size
     return {"path": str(root.resolve()), "files": n, "bytes": total, "sha1": h.hexdigest()}

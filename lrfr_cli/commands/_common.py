@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from ..errors import LrfrError
 from ..ui import State
@@ -38,6 +39,12 @@ def workspace() -> Workspace:
     return Workspace(state().workspace)
 
 
+def printable(text: str) -> str:
+    """``text`` safe for any terminal: bytes of a file name that were not UTF-8 (lone surrogates,
+    as Python decodes such names) shown as ``\\xNN`` instead of crashing the print."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def handle_errors(func: F) -> F:
     """Turn user errors into one red line + exit code; anything else too unless ``--debug``.
 
@@ -55,7 +62,7 @@ def handle_errors(func: F) -> F:
         except LrfrError as e:
             if st.debug:
                 traceback.print_exc()
-            st.console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            st.console.print(f"[red]error:[/red] {escape(printable(str(e)))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             st.console.print("[red]interrupted[/red] (re-run the same command to resume)")
@@ -67,7 +74,7 @@ def handle_errors(func: F) -> F:
             if st.debug or os.environ.get("LRFR_DEBUG") == "1":
                 traceback.print_exc()
             else:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                msg = printable(str(e).strip().splitlines()[0]) if str(e).strip() else ""
                 st.console.print(
                     f"[red]internal error:[/red] {type(e).__name__}: {msg} (re-run with --debug for the traceback)",
                     highlight=False,

