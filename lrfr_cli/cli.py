@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer depends on click itself
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
 
 from . import __version__
-from .commands._common import set_state
+from .commands._common import refuse_non_finite, set_state
 from .ui import State
 
 
@@ -104,7 +104,8 @@ def load_command(spec: CommandSpec, rich_markup_mode: Any = "rich") -> TyperComm
     for info in sub.registered_commands:
         name = info.name or typer.main.get_command_name(info.callback.__name__)  # type: ignore[union-attr]
         if name == spec.name:
-            return typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode)  # type: ignore[return-value]
+            command = typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode)
+            return refuse_non_finite(command)  # type: ignore[no-any-return]
     raise RuntimeError(f"{module.__name__}.register() did not register a command named {spec.name!r}")
 
 

@@ -150,3 +150,41 @@ def test_default_pixel_limit_and_pillow_bomb_warning_not_hidden(tmp_path, monkey
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- 4. NaN / inf options
+def _float_options() -> list[tuple[str, str]]:
+    """(command, option) for every float-typed option of every command, found by walking the
+    Typer/click commands as the CLI builds them."""
+    from lrfr_cli.cli import available_commands, load_command
+
+    found = []
+    for spec in available_commands():
+        for param in load_command(spec).params:
+            desc = getattr(param, "type_descriptor", None)
+            if desc is not None and desc.annotation is float and param.opts[0].startswith("--"):
+                found.append((spec.name, param.opts[0]))
+    return found
+
+
+FLOAT_OPTIONS = _float_options()
+
+
+def test_the_walk_finds_the_float_options():
+    assert {("train", "--lr"), ("degrade", "--blur"), ("finetune", "--lambda"), ("make-list", "--val-fraction")} <= set(FLOAT_OPTIONS)
+    assert len(FLOAT_OPTIONS) >= 15
+
+
+@pytest.mark.parametrize("command,option", FLOAT_OPTIONS)
+def test_every_float_option_refuses_nan_and_inf(cli, ws, command, option):
+    for value in ("nan", "inf", "-inf", "NaN", "Infinity"):
+        line = _one_line_error(cli(ws, command, f"{option}={value}"))
+        assert f"'{option}'" in line, line
+    assert not ws.exists()  # refused while parsing: nothing written
+
+
+def test_loss_and_method_options_refuse_nan(cli, ws, faces):
+    line = _one_line_error(cli(ws, "train", "--data", faces, *FAST, "--loss", "arcface", "--loss-opt", "m=nan", "--max-steps", "1"))
+    assert "m=nan" in line and "takes a float" in line
+    line = _one_line_error(cli(ws, "finetune", "--method", "distill", "--from", "runs/none", "--data", faces, "--method-opt", "lam=inf"))
+    assert "lam=inf" in line and "takes a number" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import traceback
 from collections.abc import Callable
@@ -83,6 +84,33 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _finite_check(previous: Callable[..., Any] | None) -> Callable[..., Any]:
+    def check(ctx: Any, prm: Any, value: Any) -> Any:
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                from typer._click.exceptions import BadParameter
+
+                raise BadParameter(f"{v} is not a finite number", ctx=ctx, param=prm)
+        return previous(ctx, prm, value) if previous is not None else value
+
+    return check
+
+
+def refuse_non_finite(command: Any) -> Any:
+    """Make every float option of ``command`` refuse ``nan``, ``inf`` and ``-inf``.
+
+    The float parser accepts them, and range checks cannot catch NaN (``nan <= 0`` is false):
+    ``--lr nan`` used to start a run that died at step 2. Applied to each command as it is
+    loaded (``cli.load_command``), so an option added later is covered without a word in its
+    declaration; the check runs while arguments are parsed, before anything is written. Returns
+    ``command``.
+    """
+    for param in getattr(command, "params", ()):
+        param.callback = _finite_check(param.callback)
+    return command
 
 
 def resolve_input(path: Path, ws_root: Path) -> Path:
