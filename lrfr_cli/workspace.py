@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -465,6 +466,53 @@ class Workspace:
                 rel = Path(dirpath).relative_to(self.root).as_posix()
                 found.append(Artifact(self, rel))
         return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts: its parent has not reaped it yet).
+
+    Used to tell a temp folder of a killed writer (safe to delete) from one a running writer is
+    filling. A recycled pid makes a dead writer look alive, which only delays the clean-up.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_dead_writers_temps(folder: Path) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` / ``.NAME.old-PID`` entries of ``folder`` whose PID is dead.
+
+    Writers that build a folder under a temporary name and swap it in (``lrfr report``) leave it
+    behind when killed with SIGKILL; the next run calls this. A live writer's entries are kept.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP_ENTRY.match(e.name)
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        path = Path(e.path)
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+_TEMP_ENTRY = re.compile(r"^\..+\.(?:tmp|old)-(\d+)(?:\.[^.]*)?$")
 
 
 def folder_size(path: Path) -> int:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from lrfr_cli.data.images import ImageReadError, load_rgb
 from synthetic import make_identity_faces
 
 FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--threads", "1"]
+LRFR = str(Path(sys.executable).parent / "lrfr")
 LATIN1 = b"caf\xe9.png"  # a Latin-1 file name: not valid UTF-8
 
 
@@ -188,3 +192,40 @@ def test_loss_and_method_options_refuse_nan(cli, ws, faces):
     assert "m=nan" in line and "takes a float" in line
     line = _one_line_error(cli(ws, "finetune", "--method", "distill", "--from", "runs/none", "--data", faces, "--method-opt", "lam=inf"))
     assert "lam=inf" in line and "takes a number" in line
+
+
+# --------------------------------------------------------------------------- 8. report temp folders
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_report_removes_temp_folders_of_killed_writers(cli, ws, tmp_path):
+    from test_report import make_workspace
+
+    make_workspace(ws)
+    reports = ws / "reports"
+    # A real kill -9 while the report is being built (its figures take a few seconds) ...
+    proc = subprocess.Popen([LRFR, "-w", str(ws), "--quiet", "report", "--name", "r"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    caught = False
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list(reports.glob(".r.tmp-*")):
+            proc.kill()
+            caught = True
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    if caught:
+        assert list(reports.glob(f".r.tmp-{proc.pid}")), "the killed writer's temp folder should be there"
+    # ... and, whether or not the kill landed in time, leftovers of a dead and of a live writer.
+    dead, live = _dead_pid(), os.getppid()
+    for n in (f".r.tmp-{dead}", f".old.old-{dead}", f".r.tmp-{live}"):
+        (reports / n).mkdir(parents=True, exist_ok=True)
+        (reports / n / "results.md").write_text("half\n")
+    r = cli(ws, "report", "--name", "r", "--no-plots")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    left = sorted(p.name for p in reports.iterdir() if p.name.startswith("."))
+    assert left == [f".r.tmp-{live}"], left  # the running writer's folder is not touched
+    assert (reports / "r" / "results.md").is_file()
