@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -229,3 +230,114 @@ def test_report_removes_temp_folders_of_killed_writers(cli, ws, tmp_path):
     left = sorted(p.name for p in reports.iterdir() if p.name.startswith("."))
     assert left == [f".r.tmp-{live}"], left  # the running writer's folder is not touched
     assert (reports / "r" / "results.md").is_file()
+
+
+# --------------------------------------------------------------------------- 6./7. signals and workers
+def _train_cmd(ws: Path, faces: Path, epochs: int) -> list[str]:
+    return [LRFR, "-w", str(ws), "--quiet", "train", "--data", str(faces), "--backbone", "tiny", "--embedding-size", "32",
+            "--loss", "softmax", "--batch-size", "4", "--workers", "2", "--device", "cpu", "--threads", "1",
+            "--epochs", str(epochs), "--checkpoint-every", "100000", "--log-every", "1", "--run", "r"]
+
+
+def _ignored_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigIgn line")
+
+
+def _lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except OSError:
+        return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_ctrl_c_at_epoch_boundaries_exits_130_and_resumes_bit_identical(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) just after an epoch's
+    last step, while the old loader's workers shut down and the new ones are forked: exit 130 with
+    one line, every time; the chain of resumed runs ends with the weights of an uninterrupted one."""
+    import torch
+    from test_kill_rerun import _alive, _descendants
+
+    faces = make_identity_faces(tmp_path / "faces", 3, 4, seed=2, noise=20.0)  # 12 images: 3 steps an epoch
+    ws = tmp_path / "ws"
+    metrics = ws / "runs" / "r" / "metrics.jsonl"
+    for n, delay in ((6, 0.0), (12, 0.3)):  # after epoch 2, then (resumed) after epoch 4, at other moments
+        proc = subprocess.Popen(_train_cmd(ws, faces, 8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            checked_workers = False
+            while time.time() < deadline and proc.poll() is None and _lines(metrics) < n:
+                if not checked_workers:
+                    kids = [p for p in _descendants(proc.pid) if _alive(p)]
+                    for k in kids:  # the workers leave SIGINT and SIGTERM to the parent
+                        try:
+                            ign = _ignored_signals(k)
+                        except (OSError, AssertionError):
+                            continue
+                        # (a worker just forked has not run its init yet: keep polling)
+                        checked_workers |= bool(ign & (1 << (signal.SIGINT - 1)) and ign & (1 << (signal.SIGTERM - 1)))
+                time.sleep(0.002)
+            assert _lines(metrics) == n, f"the run ended or stalled before step {n}"
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGINT)
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        text = err.decode(errors="replace").strip()
+        assert proc.returncode == 130, text
+        assert text.splitlines() == ["interrupted (re-run the same command to resume)"], text
+        assert checked_workers, "never saw a DataLoader worker that ignores SIGINT and SIGTERM"
+        assert _json(ws / "runs" / "r" / "manifest.json")["status"] == "running"
+    done = subprocess.run(_train_cmd(ws, faces, 8), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    ref_ws = tmp_path / "ref"
+    ref = subprocess.run(_train_cmd(ref_ws, faces, 8), capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    a = torch.load(ws / "runs" / "r" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(ref_ws / "runs" / "r" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 24
+    for part in ("model", "head"):
+        for k in b[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_sigterm_workers_die_with_their_parent_quietly(tmp_path):
+    """SIGTERM kills the parent; its DataLoader workers, here even stopped (SIGSTOP) so they can
+    neither notice nor print, are killed by the kernel with it (PR_SET_PDEATHSIG). Before, they
+    lived on until torch's watchdog saw the dead parent, and could print a ConnectionResetError."""
+    from test_kill_rerun import _alive, _descendants, _signal
+
+    faces = make_identity_faces(tmp_path / "faces", 3, 4, seed=2, noise=20.0)
+    ws = tmp_path / "ws"
+    proc = subprocess.Popen(_train_cmd(ws, faces, 500), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            kids = [p for p in _descendants(proc.pid) if _alive(p)]
+            if len(kids) >= 2 and _lines(ws / "runs" / "r" / "metrics.jsonl") >= 1:
+                workers = kids
+                break
+            time.sleep(0.01)
+        assert workers, "never saw the workers"
+        _signal(workers, signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGTERM
+        deadline = time.time() + 60
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "workers outlived their parent"
+        assert b"Traceback" not in err and b"Error" not in err, err.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _signal(workers, signal.SIGKILL)
+        _signal(workers, signal.SIGCONT)
