@@ -43,6 +43,54 @@ DEFAULT_WORKSPACE = "./lrfr-workspace"
 _VERSION_PACKAGES = ("lrfr", "torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "facenet-pytorch")
 
 
+# --------------------------------------------------------------------------- full disks
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(LrfrError):
+    """The disk (or quota) under a path is full; the message names the path and the free space."""
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing ancestor), or None."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        try:
+            return shutil.disk_usage(q).free
+        except OSError:
+            continue
+    return None
+
+
+def disk_full_error(path: str | os.PathLike[str], reclaimed: int = 0) -> DiskFullError:
+    """The one line for a full disk while writing ``path``: the path, and what is free now
+    (plus ``reclaimed``, the blocks of a removed partial file that a writer still holds open)."""
+    free = free_bytes(path)
+    if free is not None:
+        free += reclaimed
+    room = f"{_human_bytes(free)} free there" if free is not None else "free space unknown"
+    return DiskFullError(f"no space left on the device writing {path} ({room}); free some space and re-run the same command to resume")
+
+
+def is_disk_full(exc: BaseException, where: str | os.PathLike[str] | None = None) -> bool:
+    """Whether ``exc`` is a full disk: ENOSPC/EDQUOT, or (torch.save reports a failed write as an
+    opaque RuntimeError) any error while the file system under ``where`` has under 64 KB left."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    if isinstance(exc, RuntimeError) and where is not None:
+        free = free_bytes(where)
+        return free is not None and free < 64 * 1024
+    return False
+
+
 # --------------------------------------------------------------------------- atomic writes
 def _tmp_name(path: Path) -> Path:
     # Hidden and keeps the suffix, so PIL/cv2 still infer the format from the name.
@@ -72,9 +120,9 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True) -> Iterator[Pa
     ``os.sync()`` once before they mark their artifact complete (an fsync per image costs ~25%).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if fsync:
             with open(tmp, "rb+") as fh:
@@ -82,9 +130,24 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True) -> Iterator[Pa
         os.replace(tmp, final)
         if fsync:
             _fsync_dir(final.parent)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e, final.parent):
+            raise
+        try:  # torch.save's writer may still hold the partial file open: count its blocks as free
+            held = os.stat(tmp).st_blocks * 512
+        except OSError:
+            held = 0
+        _unlink_quietly(tmp)
+        raise disk_full_error(final, held) from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        _unlink_quietly(tmp)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -287,6 +350,31 @@ def _release(held: _Held) -> None:
 
 
 # --------------------------------------------------------------------------- artifacts
+def _write_failed_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Record a run's error in its manifest, even on a full disk, and never mask the error.
+
+    The atomic write needs room for a second copy; when the disk is full (the usual reason a run
+    failed) the manifest is rewritten in place instead, compact, so it fits in the blocks the
+    file already holds. A kill during that rewrite can leave it unreadable, which the next run
+    reports ("unreadable manifest ... pass --force"); without it, a full disk left the manifest
+    saying ``running`` with no word of why.
+    """
+    try:
+        atomic_write_json(path, manifest)
+        return
+    except (OSError, LrfrError):
+        pass
+    data = (json.dumps(manifest, sort_keys=True, default=str, separators=(",", ":")) + "\n").encode()
+    try:
+        with open(path, "r+b") as fh:
+            fh.write(data)
+            fh.truncate()
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        pass  # the original error is what the user must see; the re-run resumes all the same
+
+
 @dataclass
 class Run:
     """One command's claim on an artifact (see :meth:`Artifact.run`)."""
@@ -403,7 +491,7 @@ class Artifact:
             except BaseException as e:
                 manifest["error"] = f"{type(e).__name__}: {e}"
                 manifest["counts"] = run.counts
-                atomic_write_json(self.manifest_path, manifest)
+                _write_failed_manifest(self.manifest_path, manifest)
                 raise
             manifest["status"] = "complete"
             manifest["finished"] = _now()

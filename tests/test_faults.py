@@ -341,3 +341,100 @@ def test_sigterm_workers_die_with_their_parent_quietly(tmp_path):
             proc.wait()
         _signal(workers, signal.SIGKILL)
         _signal(workers, signal.SIGCONT)
+
+
+# --------------------------------------------------------------------------- 5. full disk
+def test_atomic_write_on_a_full_disk_names_path_and_free_space(tmp_path, monkeypatch):
+    import errno
+
+    from lrfr_cli.workspace import DiskFullError, atomic_write_text
+
+    def full(self, data):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "a" / "b.txt"
+    with pytest.raises(DiskFullError, match=rf"no space left on the device writing {target} \(\d.* free there\)"):
+        atomic_write_text(target, "x")
+    assert not [p for p in target.parent.iterdir()]  # no temp file left behind
+
+
+def test_failed_run_records_its_error_even_when_the_manifest_cannot_be_rewritten(tmp_path, monkeypatch):
+    """The run's error goes into the manifest in place when the atomic rewrite hits the full disk
+    too; before, the second ENOSPC replaced the first and the manifest said ``running``, no error."""
+    from lrfr_cli import workspace as W
+
+    art = W.Workspace(tmp_path / "ws").artifact("runs", "r")
+    real = W.atomic_write_json
+    with pytest.raises(W.DiskFullError):
+        with art.run("train", {"lr": 0.1}, {}) as _run:
+            def no_room(path, obj):  # type: ignore[no-untyped-def]
+                raise W.disk_full_error(path)
+
+            monkeypatch.setattr(W, "atomic_write_json", no_room)
+            raise W.disk_full_error(art.path / "checkpoints" / "last.pt")
+    monkeypatch.setattr(W, "atomic_write_json", real)
+    m = _json(art.manifest_path)
+    assert m["status"] == "running" and "no space left" in m["error"] and "last.pt" in m["error"]
+    # The re-run resumes it (same key), and lrfr status calls it failed meanwhile.
+    with art.run("train", {"lr": 0.1}, {}) as run:
+        assert run.resumed
+    assert _json(art.manifest_path)["status"] == "complete"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs (root only; a ballast file makes it full); skipped where mounting is not permitted."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(mnt: Path, leave: int) -> Path:
+    """A ballast file that leaves about ``leave`` bytes free on ``mnt``; delete it to free space."""
+    ballast = mnt / "ballast"
+    ballast.write_bytes(b"\0" * max(0, os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize - leave))
+    return ballast
+
+
+def _noise_tree(root: Path, n: int) -> Path:
+    rng = np.random.default_rng(5)
+    for i in range(n):  # noise compresses badly: ~30 KB a PNG at 104 px
+        d = root / f"id{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_full_disk_degrade_and_train_one_line_then_rerun_completes(cli, tmp_path, small_disk):
+    src = _noise_tree(tmp_path / "noise", 16)
+    ws = small_disk / "ws"
+    ballast = _fill(small_disk, 200_000)
+    r = cli(ws, "degrade", src, "--sizes", "104", "--no-upsample", "-j", "1", "--quiet")
+    line = _one_line_error(r)
+    assert "no space left on the device writing" in line and str(ws / "degraded" / "noise" / "104px") in line
+    assert " free there" in line
+    m = _json(ws / "degraded" / "noise" / "104px" / "manifest.json")
+    assert m["status"] == "running" and "no space left" in m["error"]
+
+    r = cli(ws, "train", "--data", src, *FAST, "--embedding-size", "32", "--max-steps", "6", "--checkpoint-every", "2", "--run", "r", "--quiet")
+    line = _one_line_error(r)
+    assert "no space left on the device writing" in line and "free there" in line
+    m = _json(ws / "runs" / "r" / "manifest.json")
+    assert m["status"] == "running" and "no space left" in m["error"]
+
+    ballast.unlink()  # space freed: both re-runs complete
+    r = cli(ws, "degrade", src, "--sizes", "104", "--no-upsample", "-j", "1", "--json")
+    assert r.exit_code == 0 and r.json()["failed"] == 0, r.stdout + r.stderr
+    assert len(list((ws / "degraded" / "noise" / "104px").rglob("*.png"))) == 16
+    r = cli(ws, "train", "--data", src, *FAST, "--embedding-size", "32", "--max-steps", "6", "--checkpoint-every", "2", "--run", "r", "--json")
+    assert r.exit_code == 0 and r.json()["steps"] == 6, r.stdout + r.stderr
+    assert _json(ws / "runs" / "r" / "manifest.json")["status"] == "complete"

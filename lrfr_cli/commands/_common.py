@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -15,7 +16,7 @@ from rich.markup import escape
 
 from ..errors import LrfrError
 from ..ui import State
-from ..workspace import Workspace
+from ..workspace import Workspace, disk_full_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,6 +73,13 @@ def handle_errors(func: F) -> F:
             st.console.print("[red]error:[/red] out of memory; lower --batch-size or --workers")
             raise typer.Exit(1) from None
         except Exception as e:  # noqa: BLE001 - the last line of defence for the user's terminal
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                # A write outside atomic_path (a log or metrics line): still one line, exit 2.
+                full = disk_full_error(e.filename or st.workspace)
+                if st.debug:
+                    traceback.print_exc()
+                st.console.print(f"[red]error:[/red] {escape(printable(str(full)))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(full.exit_code) from None
             if st.debug or os.environ.get("LRFR_DEBUG") == "1":
                 traceback.print_exc()
             else:
