@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer depends on click itself
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
 
 from . import __version__
-from .commands._common import set_state
+from .commands._common import refuse_non_finite, set_state
 from .commands._panels import COMMAND_PANELS, OTHER_COMMANDS, apply_panels
 from .help_layout import ReadableHelp, readable
 from .ui import State
@@ -113,7 +113,7 @@ def load_command(spec: CommandSpec, rich_markup_mode: Any = "rich") -> TyperComm
             info.cls = readable(info.cls)
             command = typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode)
             apply_panels(spec.name, command)
-            return command  # type: ignore[return-value]
+            return refuse_non_finite(command)  # type: ignore[no-any-return]
     raise RuntimeError(f"{module.__name__}.register() did not register a command named {spec.name!r}")
 
 

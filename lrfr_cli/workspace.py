@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -40,6 +41,54 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 DEFAULT_WORKSPACE = "./lrfr-workspace"
 _VERSION_PACKAGES = ("lrfr", "torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "facenet-pytorch")
+
+
+# --------------------------------------------------------------------------- full disks
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(LrfrError):
+    """The disk (or quota) under a path is full; the message names the path and the free space."""
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing ancestor), or None."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        try:
+            return shutil.disk_usage(q).free
+        except OSError:
+            continue
+    return None
+
+
+def disk_full_error(path: str | os.PathLike[str], reclaimed: int = 0) -> DiskFullError:
+    """The one line for a full disk while writing ``path``: the path, and what is free now
+    (plus ``reclaimed``, the blocks of a removed partial file that a writer still holds open)."""
+    free = free_bytes(path)
+    if free is not None:
+        free += reclaimed
+    room = f"{_human_bytes(free)} free there" if free is not None else "free space unknown"
+    return DiskFullError(f"no space left on the device writing {path} ({room}); free some space and re-run the same command to resume")
+
+
+def is_disk_full(exc: BaseException, where: str | os.PathLike[str] | None = None) -> bool:
+    """Whether ``exc`` is a full disk: ENOSPC/EDQUOT, or (torch.save reports a failed write as an
+    opaque RuntimeError) any error while the file system under ``where`` has under 64 KB left."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    if isinstance(exc, RuntimeError) and where is not None:
+        free = free_bytes(where)
+        return free is not None and free < 64 * 1024
+    return False
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -71,9 +120,9 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True) -> Iterator[Pa
     ``os.sync()`` once before they mark their artifact complete (an fsync per image costs ~25%).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if fsync:
             with open(tmp, "rb+") as fh:
@@ -81,9 +130,24 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True) -> Iterator[Pa
         os.replace(tmp, final)
         if fsync:
             _fsync_dir(final.parent)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e, final.parent):
+            raise
+        try:  # torch.save's writer may still hold the partial file open: count its blocks as free
+            held = os.stat(tmp).st_blocks * 512
+        except OSError:
+            held = 0
+        _unlink_quietly(tmp)
+        raise disk_full_error(final, held) from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        _unlink_quietly(tmp)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -92,7 +156,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name that was not UTF-8 (a lone surrogate, as ``os.listdir`` returns it) is
+    written back as its original bytes, so a list naming it finds the file again."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -116,7 +182,8 @@ def fingerprint_tree(root: str | os.PathLike[str], files: Iterable[str | os.Path
         p = Path(f)
         st = p.stat()
         rel = p.relative_to(root).as_posix() if p.is_absolute() else p.as_posix()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # os.fsencode: a name that is not UTF-8 (Latin-1 ``caf\xe9.jpg``) hashes as its bytes.
+        h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         n += 1
         total += st.st_size
     return {"path": str(root.resolve()), "files": n, "bytes": total, "sha1": h.hexdigest()}
@@ -283,6 +350,31 @@ def _release(held: _Held) -> None:
 
 
 # --------------------------------------------------------------------------- artifacts
+def _write_failed_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Record a run's error in its manifest, even on a full disk, and never mask the error.
+
+    The atomic write needs room for a second copy; when the disk is full (the usual reason a run
+    failed) the manifest is rewritten in place instead, compact, so it fits in the blocks the
+    file already holds. A kill during that rewrite can leave it unreadable, which the next run
+    reports ("unreadable manifest ... pass --force"); without it, a full disk left the manifest
+    saying ``running`` with no word of why.
+    """
+    try:
+        atomic_write_json(path, manifest)
+        return
+    except (OSError, LrfrError):
+        pass
+    data = (json.dumps(manifest, sort_keys=True, default=str, separators=(",", ":")) + "\n").encode()
+    try:
+        with open(path, "r+b") as fh:
+            fh.write(data)
+            fh.truncate()
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        pass  # the original error is what the user must see; the re-run resumes all the same
+
+
 @dataclass
 class Run:
     """One command's claim on an artifact (see :meth:`Artifact.run`)."""
@@ -399,7 +491,7 @@ class Artifact:
             except BaseException as e:
                 manifest["error"] = f"{type(e).__name__}: {e}"
                 manifest["counts"] = run.counts
-                atomic_write_json(self.manifest_path, manifest)
+                _write_failed_manifest(self.manifest_path, manifest)
                 raise
             manifest["status"] = "complete"
             manifest["finished"] = _now()
@@ -462,6 +554,53 @@ class Workspace:
                 rel = Path(dirpath).relative_to(self.root).as_posix()
                 found.append(Artifact(self, rel))
         return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts: its parent has not reaped it yet).
+
+    Used to tell a temp folder of a killed writer (safe to delete) from one a running writer is
+    filling. A recycled pid makes a dead writer look alive, which only delays the clean-up.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_dead_writers_temps(folder: Path) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` / ``.NAME.old-PID`` entries of ``folder`` whose PID is dead.
+
+    Writers that build a folder under a temporary name and swap it in (``lrfr report``) leave it
+    behind when killed with SIGKILL; the next run calls this. A live writer's entries are kept.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP_ENTRY.match(e.name)
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        path = Path(e.path)
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+_TEMP_ENTRY = re.compile(r"^\..+\.(?:tmp|old)-(\d+)(?:\.[^.]*)?$")
 
 
 def folder_size(path: Path) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,8 @@ def _method_opts(method: str, pairs: dict[str, Any], items: list[str]) -> dict[s
                 given[key] = int(text)
             else:
                 given[key] = float(text)
+                if not math.isfinite(given[key]):
+                    raise ValueError(text)
         except ValueError:
             raise LrfrError(f"--method-opt {item}: {cls.name}'s {key} takes a number (default {default})") from None
     return given

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..constants import INPUT_SIZE
+from ..engine.signals import quiet_worker_init
 from ..workspace import atomic_path
 from .faces import FaceDataset
 
@@ -30,7 +31,7 @@ def build_cache(dataset: FaceDataset, out_dir: Path, workers: int = 0, progress:
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
     codes = [list(range(2 * s, 2 * min(n, s + batch), 2)) for s in range(0, n, batch)]
-    loader = DataLoader(dataset, batch_sampler=codes, num_workers=workers)
+    loader = DataLoader(dataset, batch_sampler=codes, num_workers=workers, worker_init_fn=quiet_worker_init if workers > 0 else None)
     with atomic_path(out_dir / IMAGES) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, INPUT_SIZE, INPUT_SIZE, 3))
         pos = 0

@@ -23,7 +23,7 @@ from ..errors import LrfrError
 from ..workspace import fingerprint_file, fingerprint_tree
 from .faces import FaceDataset, load_face, to_input_size
 from .images import ImageReadError, load_rgb
-from .lists import build_list, check_inside_root, outside_root, read_list_lines
+from .lists import build_list, check_inside_root, has_undecodable, outside_root, read_list_lines
 from .recordio import RecordIODataset, RecordIOReader
 
 # Re-exported: engine/, commands/train.py and benchmarks import these from here.
@@ -69,7 +69,8 @@ def _check_entries(lines: list[tuple[int, str, int]], root: Path, num_classes: i
         if label >= num_classes:
             raise LrfrError(f"{where}:{lineno}: {rel} has label {label}, out of range for {num_classes} classes")
         if not os.path.isfile(root / rel):
-            raise LrfrError(f"{where}:{lineno}: image {root / rel} not found (fix the list or --data-root)")
+            note = ", and its name is not valid UTF-8" if has_undecodable(rel) else ""
+            raise LrfrError(f"{where}:{lineno}: image {root / rel} not found{note} (fix the list or --data-root)")
 
 
 def _from_list_file(list_path: Path, data_root: Path | None, allow_outside_root: bool = False) -> TrainingSet:

@@ -127,7 +127,7 @@ def parse_sizes(text: str) -> list[int]:
 
 def key_generator(seed: int, key: str, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded from (seed, key): noise depends on the image path, not on the order."""
-    digest = hashlib.sha1(f"{seed}\0{key}".encode()).digest()
+    digest = hashlib.sha1(f"{seed}\0{key}".encode("utf-8", "surrogateescape")).digest()
     g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return g

@@ -103,8 +103,13 @@ def degrade_tree(
         # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx) as pool:
-            for out in pool.map(_work, tasks, chunksize=16):
-                consume(out)
+            try:
+                for out in pool.map(_work, tasks, chunksize=16):
+                    consume(out)
+            except BaseException:
+                # A full disk (or Ctrl-C): drop the queued images instead of failing each in turn.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     os.sync()  # one flush for the whole tree instead of an fsync per image
     result.failures.sort()
     return result

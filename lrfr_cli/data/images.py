@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -105,25 +106,83 @@ def list_images(root: str | os.PathLike[str], exts: Iterable[str] = IMAGE_EXTS) 
     return walk_files(root, exts)
 
 
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode any common image to HxWx3 uint8 RGB (grayscale, RGBA, CMYK, palette handled)."""
+#: Largest face image decoded, in pixels: 50 MP is a 7000x7000 photo, far beyond any face crop,
+#: while a 13000x13000 PNG (167 KB on disk when flat) would cost gigabytes per worker. Larger
+#: images are refused as unreadable (degrade lists them in failures.csv); env
+#: ``LRFR_MAX_MEGAPIXELS`` raises (or lowers) the limit.
+DEFAULT_MAX_MEGAPIXELS = 50.0
+MAX_MEGAPIXELS_ENV = "LRFR_MAX_MEGAPIXELS"
+
+
+def max_pixels() -> int:
+    """The pixel limit for one image: ``LRFR_MAX_MEGAPIXELS`` (a positive number) or 50 MP."""
+    raw = os.environ.get(MAX_MEGAPIXELS_ENV, "").strip()
+    if not raw:
+        return int(DEFAULT_MAX_MEGAPIXELS * 1e6)
+    try:
+        mp = float(raw)
+    except ValueError:
+        mp = float("nan")
+    if not (mp > 0 and mp != float("inf")):
+        raise LrfrError(f"{MAX_MEGAPIXELS_ENV}={raw!r}: expected a positive number of megapixels, e.g. 50")
+    return int(mp * 1e6)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Scale 16-bit and 32-bit greyscale to 8 bits instead of letting Pillow clip them.
+
+    ``convert("RGB")`` clips ``I;16``/``I`` values to 0..255, so a 16-bit PNG (0..65535) comes
+    out nearly white. Integer images are taken as 16-bit (PNG, TIFF) and keep their top byte;
+    float images (``F``) in 0..1 are scaled by 255, others clipped to 0..255.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        return Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8))
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
+        if a.size and a.max() <= 1.0:
+            a = a * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    return im
+
+
+def load_rgb(path: str | os.PathLike[str] | BinaryIO) -> np.ndarray:
+    """Decode any common image to HxWx3 uint8 RGB (grayscale, 16-bit, RGBA, CMYK, palette handled).
+
+    Images over :func:`max_pixels` are refused before they are decoded. Pillow's own
+    ``DecompressionBombWarning`` is not silenced with the decoder's other chatter (EXIF, ICC
+    notes): with the default limit it cannot fire, and if it does the user should see it.
+    """
+    limit = max_pixels()
+    if os.environ.get(MAX_MEGAPIXELS_ENV) and limit > (Image.MAX_IMAGE_PIXELS or 0):
+        Image.MAX_IMAGE_PIXELS = limit  # the user raised our limit: Pillow's must not refuse first
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.simplefilter("default", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise ImageReadError(
+                        f"{w}x{h} is {w * h / 1e6:.0f} MP, over the {limit / 1e6:g} MP limit for face images "
+                        f"(set {MAX_MEGAPIXELS_ENV} to raise it)"
+                    )
                 im.load()
                 if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                     # Composite on black? No: on white looks less like a face edge; any constant works.
                     rgba = im.convert("RGBA")
                     bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                     im = Image.alpha_composite(bg, rgba)
-                rgb = im.convert("RGB")
+                rgb = _to_8bit(im).convert("RGB")
                 arr = np.array(rgb, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
     except UnidentifiedImageError:
         raise ImageReadError("not an image or unknown format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"refused by Pillow as a decompression bomb ({e}); set {MAX_MEGAPIXELS_ENV} to allow it") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"corrupt or truncated image ({e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
         raise ImageReadError(f"unexpected image shape {arr.shape}")

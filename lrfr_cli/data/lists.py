@@ -143,6 +143,31 @@ def format_list(entries: Iterable[tuple[str, int]]) -> str:
     return "".join(f"{path} {label}\n" for path, label in entries)
 
 
+def read_list_text(path: Path) -> str:
+    """A list file's text; bytes that are not UTF-8 become lone surrogates (``surrogateescape``).
+
+    That is the decoding Python applies to file names, so a list written by make-list for a tree
+    holding a Latin-1 name (``caf\\xe9.jpg``, usual on old shares) names that very file again when
+    read back, and :func:`~lrfr_cli.workspace.atomic_write_text` writes such a name back as its
+    original bytes. A stray byte that names no file is caught where each entry is checked, with
+    ``file:line`` (see :func:`describe_name`).
+    """
+    try:
+        return path.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as e:
+        raise LrfrError(f"cannot read list file {path}: {e.strerror or e}") from None
+
+
+def has_undecodable(text: str) -> bool:
+    """Whether ``text`` carries bytes that were not UTF-8 (lone surrogates from ``surrogateescape``)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def describe_name(text: str) -> str:
+    """``text`` fit for a terminal: undecodable bytes shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def read_list_lines(path: str | os.PathLike[str]) -> list[tuple[int, str, int]]:
     """Parse a ``rel/path label`` file into ``(line number, path, label)``; errors name ``file:line``.
 
@@ -153,20 +178,26 @@ def read_list_lines(path: str | os.PathLike[str]) -> list[tuple[int, str, int]]:
     if not p.is_file():
         raise LrfrError(f"list file {p} not found")
     out = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    for i, line in enumerate(read_list_text(p).splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2:
-            raise LrfrError(f"{p}:{i}: expected 'rel/path label', got {line!r}")
+            raise LrfrError(f"{p}:{i}: expected 'rel/path label', got {_shown(line)}")
         try:
             label = int(parts[1])
         except ValueError:
-            raise LrfrError(f"{p}:{i}: label {parts[1]!r} is not an integer") from None
+            raise LrfrError(f"{p}:{i}: label {_shown(parts[1])} is not an integer") from None
         if label < 0:
             raise LrfrError(f"{p}:{i}: label {label} is negative")
         out.append((i, parts[0], label))
     return out
+
+
+def _shown(text: str) -> str:
+    """A list fragment quoted for an error, saying so when it holds bytes that are not UTF-8."""
+    note = " (not valid UTF-8)" if has_undecodable(text) else ""
+    return f"'{describe_name(text)[:120]}'" + note
 
 
 def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int]]:

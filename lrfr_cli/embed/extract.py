@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.degrade import DegradeSpec, degrade_batch, key_generator
 from ..data.images import ImageReadError
+from ..engine.signals import quiet_worker_init
 from ..engine.validate import forward as _forward_module
 from ..engine.validate import fuse
 from ..errors import LrfrError
@@ -248,6 +249,7 @@ def embed(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=quiet_worker_init if workers > 0 else None,  # die with the parent, silently
     )
     progress(0, total=len(order))
     every = flush_seconds()

@@ -43,6 +43,7 @@ from .device import autocast, grad_scaler
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object
 from .optim import LRSchedule, build_optimizer
 from .seed import rng_state, set_rng_state
+from .signals import StopRequest, quiet_worker_init
 from .tasks import Batch, ClassifierTask, StepContext, StepOutput, Task
 
 LAST = "last.pt"
@@ -156,7 +157,13 @@ def _to_batch(item: Any, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in fields.items()}
 
 
-def fit(
+def fit(*args: Any, **kwargs: Any) -> FitResult:
+    """Train (see :func:`_fit` for the arguments) with Ctrl-C turned into a stop at the next step."""
+    with StopRequest() as stop:
+        return _fit(*args, stop=stop, **kwargs)
+
+
+def _fit(
     task: Task,
     dataset: Dataset,
     cfg: LoopConfig,
@@ -169,12 +176,14 @@ def fit(
     progress: Callable[..., None] | None = None,
     validation: Validation | None = None,
     log: Callable[[str], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> FitResult:
     """Train ``task`` on ``dataset``; writes ``checkpoints/``, ``metrics.jsonl`` (rank 0 only).
 
     ``dataset`` yields ``(uint8 image, label)`` or dicts of fields (``images``, ``labels``, ...)
     for the codes the sampler gives; it needs ``labels`` (an array) for the ``pk`` sampler.
     """
+    stop = stop or StopRequest()  # not entered: never requested
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
@@ -321,6 +330,7 @@ def fit(
             pin_memory=device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if cfg.workers > 0 else None,
+            worker_init_fn=quiet_worker_init if cfg.workers > 0 else None,
         )
         for item in loader:
             lr = schedule(step)
@@ -339,8 +349,12 @@ def fit(
                 if clash:
                     raise ValueError(f"{type(task).__name__}: loss term name(s) {sorted(clash)} are reserved in metrics.jsonl")
             # One reduction and one host sync per step for the loss and all its terms.
-            scalars = torch.stack([loss.detach().float().reshape(()), *(out.terms[k].detach().float().reshape(()) for k in term_names)])
+            # The Ctrl-C flag rides along, so every rank stops at the same step (see .signals).
+            scalars = torch.stack([loss.detach().float().reshape(()), *(out.terms[k].detach().float().reshape(()) for k in term_names),
+                                   torch.tensor(float(stop.requested), device=loss.device)])
             values = all_reduce_mean(scalars).tolist()
+            if values.pop() > 0:
+                raise KeyboardInterrupt  # before this step's update: the last checkpoint is the state to resume
             loss_val = values[0]
             if not math.isfinite(loss_val):
                 msg = (

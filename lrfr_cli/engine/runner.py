@@ -83,9 +83,12 @@ def run_logger(path: Path, enabled: bool) -> Callable[[str], None]:
 
     def log(msg: str) -> None:
         if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as fh:
-                fh.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {msg}\n")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as fh:
+                    fh.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {msg}\n")
+            except OSError:
+                pass  # a log line (say "stopped: disk full" on that full disk) must not mask the error it reports
 
     return log
 

@@ -20,6 +20,7 @@ The registry line (or the head's ``summary`` attribute) carries the one-line des
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,12 +117,16 @@ def _convert(loss: str, key: str, text: str, default: Any, kind: type | None = N
                 return False
             raise ValueError(text)
         if kind is not None:
-            return kind(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float) or default is None:
-            return float(text)
-        return type(default)(text)
+            value = kind(text)
+        elif isinstance(default, int):
+            value = int(text)
+        elif isinstance(default, float) or default is None:
+            value = float(text)
+        else:
+            value = type(default)(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(text)  # nan/inf parse as floats but no loss option means them
+        return value
     except ValueError:
         want = (kind or (type(default) if default is not None else float)).__name__
         raise LrfrError(f"--loss-opt {key}={text}: {loss}'s {key} takes a {want} value (default {default})") from None

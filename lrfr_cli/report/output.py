@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import LrfrError
 from ..ui import ProgressFn, null_progress
-from ..workspace import MANIFEST, atomic_write_text, fingerprint_file, git_commit
+from ..workspace import MANIFEST, atomic_write_text, fingerprint_file, git_commit, remove_dead_writers_temps
 from .table import Report
 
 
@@ -38,6 +38,7 @@ def write_report(report: Report, ws_root: Path, name: str, *, gates: list[dict[s
         raise LrfrError(f"--name {name!r}: use a plain folder name without '/'")
     final = ws_root / "reports" / name
     tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+    remove_dead_writers_temps(final.parent)  # what a report killed by SIGKILL left behind
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
