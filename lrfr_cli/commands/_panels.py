@@ -87,11 +87,12 @@ OTHER_COMMANDS = "Other commands"
 COMMAND_PANELS: dict[str, str] = {
     "align": "Prepare data",
     "make-list": "Prepare data",
+    "make-bin": "Prepare data",
     "degrade": "Prepare data",
     "train": "Train",
     "finetune": "Train",
-    "make-bin": "Evaluate and ship",
     "eval": "Evaluate and ship",
+    "quality": "Evaluate and ship",
     "sr": "Evaluate and ship",
     "report": "Evaluate and ship",
     "export": "Evaluate and ship",
