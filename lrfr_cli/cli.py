@@ -50,7 +50,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("make-bin", "make_bin", "Write an insightface .bin verification pack from pairs of aligned faces."),
     CommandSpec("degrade", "degrade", "Down-sample every image to each size (then optionally back up), resumably, on all cores."),
     CommandSpec("train", "train", "Train a face-embedding backbone with a margin loss; resumable, DDP under torchrun."),
-    CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese)."),
+    CommandSpec("finetune", "finetune", "Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese, CRB)."),
     CommandSpec("eval", "eval", "Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json."),
     CommandSpec("quality", "quality", "Score every face of a folder by quality (feature norm, Laplacian sharpness) to drop unusable ones."),
     CommandSpec("sr", "sr", "Super-resolve a folder's faces with an SR run (writes sr/NAME/<size>px/ and a contact sheet)."),

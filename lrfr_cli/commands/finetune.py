@@ -1,4 +1,4 @@
-"""Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese).
+"""Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese, CRB).
 
 ``lrfr finetune --method NAME --from runs/RUN|CHECKPOINT --data ...`` writes ``runs/NAME/`` like
 ``lrfr train`` does (``eval`` and ``report`` treat it as any run); its ``config.json`` records
@@ -177,7 +177,7 @@ def finetune(
     resume: bool = typer.Option(False, "--resume", help="Continue the run from checkpoints/last.pt. The same command re-run also resumes; add --force to resume with changed options."),
     force: bool = typer.Option(False, "--force", help="Start over, replacing a run of that name made with other options (with --resume: continue its checkpoint with the new options)."),
 ) -> None:
-    """Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese)."""
+    """Fine-tune a trained model for low resolution (octuplet, DeriveNet, distillation, Siamese, CRB)."""
     st = state()
     ws = workspace()
     cls = method_class(method)
