@@ -52,6 +52,7 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
     "finetune": {
         "Method": ("--method", "--method-opt", "--loss", "--loss-opt", "--lr-sizes", "--margin", "--id-weight", "--p-down", "--p-down-end", "--lambda", "--feature-loss"),
         "Model": ("--from", "--backbone", "--checkpoint", "--embedding-size"),
+        "ONNX --from input": ("--channel-order", "--layout", "--pixel-mean", "--pixel-std"),
         "Data": ("--data", "--data-root", "--allow-outside-root", "--p", "--k", "--flip", "--cache"),
         "Validation": _VALIDATION,
         "LR recipe": ("--optimizer", "--lr", "--head-lr", "--momentum", "--weight-decay", "--schedule", "--warmup-steps", "--clip-grad", "--freeze-backbone"),
@@ -60,7 +61,8 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "eval": {
         "Protocol and output": ("--dataset", "--data", "--name", "--force"),
-        "Model": ("--model", "--backbone", "--checkpoint", "--channel-order", "--flip"),
+        "Model": ("--model", "--backbone", "--checkpoint", "--channel-order", "--flip", "--backend"),
+        "ONNX --model input": ("--layout", "--pixel-mean", "--pixel-std"),
         "LFW": ("--sizes", "--setting", "--pairs", "--threshold-pairs", "--align", "--sr"),
         "SCface and TinyFace": ("--distance", "--landmarks", "--distractors"),
         "Low-resolution probes": ("--method", "--blur", "--noise", "--jpeg", "--seed"),
@@ -76,8 +78,8 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
         "CI gates": ("--fail-under", "--baseline", "--max-drop"),
     },
     "export": {
-        "Model": ("--model", "--backbone", "--checkpoint", "--channel-order"),
-        "Output": ("--format", "--out", "--opset", "--force"),
+        "Model": ("--model", "--backbone", "--checkpoint", "--channel-order", "--pixel-mean", "--pixel-std"),
+        "Output": ("--format", "--out", "--layout", "--opset", "--force"),
         "Check against PyTorch": ("--check", "--check-images", "--check-count"),
     },
 }
