@@ -38,7 +38,7 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "train": {
         "Data": ("--data", "--data-root", "--allow-outside-root", "--sampler", "--images-per-identity", "--flip", "--cache"),
-        "Validation": _VALIDATION,
+        "Validation": (*_VALIDATION, "--val-bin", "--val-bin-channels", "--val-sizes", "--val-every", "--val-metric"),
         "Model": ("--backbone", "--embedding-size", "--task"),
         "Loss and LR recipe": (
             "--loss", "--loss-opt", "--margin", "--scale", "--quality", "--optimizer", "--lr", "--head-lr-scale",
@@ -60,12 +60,12 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
         "Devices and distributed": ("--device", "--precision", "--channels-last", "--workers", "--threads"),
     },
     "eval": {
-        "Protocol and output": ("--dataset", "--data", "--name", "--force"),
+        "Protocol and output": ("--dataset", "--data", "--bin-channels", "--name", "--force"),
         "Model": ("--model", "--backbone", "--checkpoint", "--channel-order", "--flip", "--backend"),
         "ONNX --model input": ("--layout", "--pixel-mean", "--pixel-std"),
         "LFW": ("--sizes", "--setting", "--pairs", "--threshold-pairs", "--align", "--sr"),
         "SCface and TinyFace": ("--distance", "--landmarks", "--distractors"),
-        "Low-resolution probes": ("--method", "--blur", "--noise", "--jpeg", "--seed"),
+        "Low-resolution probes": ("--method", "--up-method", "--blur", "--noise", "--jpeg", "--seed"),
         "Performance": ("--device", "--precision", "--batch-size", "--workers"),
     },
     "sr": {
