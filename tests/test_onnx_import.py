@@ -285,3 +285,29 @@ def test_finetune_from_onnx_kill9_rerun_resumes(cli, tmp_path, data_dir):
         _accepted(r)
     assert r.json()["resumed_from"] is not None and r.json()["resumed_from"] >= 2
     assert r.json()["steps"] == 8 and _manifest(run)["status"] == "complete"
+
+
+def test_converted_graph_exports_again_whatever_the_import_order(data_dir):
+    """onnx2torch's Shape reads the export opset from the ``symbolic_helper`` it imported; in
+    torch 2.14 that is the compatibility module without ``GLOBALS`` when torchvision.ops (MTCNN's
+    nms) was imported before onnx2torch. A fresh process that does that first must still export
+    a converted MobileFace (it has a Shape node)."""
+    import subprocess
+    import sys
+
+    path = _mobileface(data_dir)
+    code = (
+        "import torchvision.ops\n"
+        "from pathlib import Path\n"
+        "from lrfr_cli.embed import LoadedModel\n"
+        "from lrfr_cli.export import to_onnx_bytes\n"
+        "from lrfr_cli.models import onnx_import as oi\n"
+        f"p = Path({str(path)!r})\n"
+        "m = oi.load_proto(p)\n"
+        "net = oi.to_torch(m, oi.read_contract(m, str(p), channel_order='rgb', mean='0', std='1'))\n"
+        "lm = LoadedModel(module=net, name='x', backbone='onnx', embedding_size=256, checkpoint=p, sha1='0', source='onnx')\n"
+        "print(len(to_onnx_bytes(lm)))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.strip().splitlines()[-1]) > 1_000_000

@@ -24,6 +24,7 @@ def load_onnx(path: Path, *, channel_order: str = "auto", layout: str | None = N
         module = OrtNet(data, contract, device)
     else:
         module = to_torch(model, contract)
+    sha256 = sha256_file(path)
     return LoadedModel(
         module=module,
         name=path.stem,
@@ -34,10 +35,10 @@ def load_onnx(path: Path, *, channel_order: str = "auto", layout: str | None = N
         source="onnx",
         input_size=contract.size,
         channel_order="rgb",  # the module takes lrfr's RGB tensor; the contract makes the file's order
-        config={"onnx": {"path": str(path.resolve()), "sha256": sha256_file(path)}},
+        config={"onnx": {"path": str(path.resolve()), "sha256": sha256}},
         contract=contract.describe(),
         backend=backend,
-        sha256=sha256_file(path),
+        sha256=sha256,
     )
 
 

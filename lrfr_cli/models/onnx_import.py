@@ -320,12 +320,30 @@ def _normalise(model: Any) -> Any:
     return m
 
 
+def _compat_export_globals() -> None:
+    """onnx2torch's modules (Shape, Gather, ...) read the export opset from the
+    ``symbolic_helper`` module it imported, when a converted graph is exported again (``lrfr
+    export`` of a run fine-tuned from ONNX). In torch 2.14 that is the exporter's module, unless
+    torchvision.ops (MTCNN's nms) was imported first: then it is the backward-compatibility
+    module ``torch/onnx/symbolic_helper.py``, which re-exports only ``__all__`` (no ``GLOBALS``),
+    and every such export fails. Give it the exporter's ``GLOBALS``."""
+    import sys
+
+    from onnx2torch.utils import common
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+    for mod in (common.symbolic_helper, sys.modules.get("torch.onnx.symbolic_helper")):
+        if mod is not None and not hasattr(mod, "GLOBALS"):
+            mod.GLOBALS = GLOBALS
+
+
 def _convert_graph(model: Any) -> nn.Module:
     """onnx2torch's GraphModule with every float initialiser a Parameter (module docstring)."""
     try:
         from onnx2torch import convert
     except ImportError as e:  # pragma: no cover - a dependency of lrfr
         raise LrfrError(f"converting ONNX to torch needs onnx2torch ({e}); pip install onnx2torch") from e
+    _compat_export_globals()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
