@@ -77,6 +77,16 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _initialised(pid: int) -> bool:
+    """Whether a DataLoader worker ran lrfr's worker init (it then ignores SIGINT)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ign = next((int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigIgn:")), 0)
+    return bool(ign & (1 << (signal.SIGINT - 1)))
+
+
 def _signal(pids: list[int], sig: int) -> None:
     for p in pids:
         try:
@@ -87,10 +97,16 @@ def _signal(pids: list[int], sig: int) -> None:
 
 @contextmanager
 def _preempted(
-    ws: Path, args: list[str], ready: Callable[[], bool], tmp: Path, env: dict[str, str] | None = None, timeout: float = 120
+    ws: Path, args: list[str], ready: Callable[[], bool], tmp: Path, env: dict[str, str] | None = None, timeout: float = 120,
+    die_with_parent: bool = False,
 ) -> Iterator[list[int]]:
     """Run ``lrfr ARGS`` until ``ready()`` with workers alive, then stop the workers and SIGKILL
-    the parent only. Yields the (stopped, orphaned) worker pids; kills them on exit."""
+    the parent only. Yields the (stopped, orphaned) worker pids; kills them on exit.
+
+    ``die_with_parent``: DataLoader workers (train, finetune, eval) ask the kernel to kill them
+    with their parent (``PR_SET_PDEATHSIG``, issue 18.2): instead of orphans that outlive it, the
+    re-run must find them gone, even stopped ones. The lock's independence of forked children is
+    tested directly in tests/test_workspace.py."""
     log = tmp / "killed-run.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([LRFR, "-w", str(ws), "--quiet", *args], stdout=fh, stderr=subprocess.STDOUT,
@@ -110,7 +126,15 @@ def _preempted(
         proc.wait(timeout=30)
         assert workers, f"never saw the workers and a ready state before the run ended:\n{log.read_text()[-3000:]}"
         assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
-        assert any(_alive(p) for p in workers), "the orphaned workers must still exist at the re-run"
+        if die_with_parent:
+            # A worker stopped between its fork and its init (it does not ignore SIGINT yet) has
+            # not asked for the death signal: it may stay; every initialised one must go.
+            deadline = time.time() + 30
+            while time.time() < deadline and any(_alive(p) and _initialised(p) for p in workers):
+                time.sleep(0.05)
+            assert not any(_alive(p) and _initialised(p) for p in workers), "the DataLoader workers must die with their parent"
+        else:
+            assert any(_alive(p) for p in workers), "the orphaned workers must still exist at the re-run"
         yield workers
     finally:
         if proc.poll() is None:
@@ -196,7 +220,7 @@ def test_train_kill9_rerun_resumes(cli, tmp_path):
     args = ["train", "--data", str(faces), "--backbone", "tiny", "--embedding-size", "32", "--loss", "softmax",
             "--batch-size", "4", "--max-steps", "12", "--checkpoint-every", "2", "--log-every", "1",
             "--workers", "1", "--device", "cpu", "--threads", "1", "--run", "r"]
-    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path):
+    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path, die_with_parent=True):
         assert _manifest(run)["status"] == "running"
         r = cli(ws, *args, "--json")  # the identical command resumes an interrupted run
         _accepted(r)
@@ -215,7 +239,7 @@ def test_finetune_kill9_rerun_resumes(cli, tmp_path):
     args = ["finetune", "--method", "siamese", "--from", "runs/p", "--data", str(faces), "--p", "2", "--k", "4",
             "--max-steps", "12", "--checkpoint-every", "2", "--log-every", "1", "--workers", "1", "--device", "cpu",
             "--threads", "1", "--run", "f"]
-    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path):
+    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path, die_with_parent=True):
         assert _manifest(run)["status"] == "running"
         r = cli(ws, *args, "--json")
         _accepted(r)
@@ -268,7 +292,7 @@ def test_eval_kill9_after_a_flush_rerun_keeps_embeddings(cli, tmp_path, data_dir
     def flushed() -> bool:  # wait for a flush that also wrote the cache's manifest (keys it valid)
         return any(cache.rglob("manifest.json")) and _npz_rows(cache) > 0
 
-    with _preempted(ws, args, flushed, tmp_path, env={extract.FLUSH_ENV: "0.5"}):
+    with _preempted(ws, args, flushed, tmp_path, env={extract.FLUSH_ENV: "0.5"}, die_with_parent=True):
         kept = _npz_rows(cache)
         monkeypatch.delenv(extract.FLUSH_ENV, raising=False)
         r = cli(ws, *args, "--json")

@@ -78,10 +78,13 @@ def _set_pdeathsig(sig: int) -> bool:
 
 
 def quiet_worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: leave signals to the parent and die with it, silently."""
+    """DataLoader ``worker_init_fn``: die with the parent, silently, and leave signals to it.
+
+    The death signal is asked for first: a worker seen ignoring SIGINT has it (tests rely on it).
+    """
+    _set_pdeathsig(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _set_pdeathsig(signal.SIGKILL)
 
 
 __all__ = ["StopRequest", "quiet_worker_init"]
