@@ -140,11 +140,11 @@ def pnet_on_canvas(pnet: torch.nn.Module, canvas: torch.Tensor, levels: Sequence
       with a window that holds one column (or row) of its own and one from the canvas beyond it.
       That outside column is overwritten with a copy of the level's last one before pooling, so
       the window's maximum is the level's own, as when it runs alone;
-    * the 1x1 head and its softmax run in :func:`_pnet_head`, because oneDNN's 1x1 convolutions
-      sum in an order that depends on the number of threads (measured: 1 vs 2 threads moved
-      P-net's probabilities by 2e-6 and 8 of 24 LFW faces by a few grey levels), and the
-      thread count follows ``--threads`` and ``--workers``. The 3x3 convolutions, PReLU and
-      pooling gave the same bits with 1, 2 and 3 threads.
+    * the 1x1 head and its softmax run on one thread (:func:`_pnet_head`), because oneDNN's 1x1
+      convolutions sum in an order that depends on the number of threads (measured: 1 vs 2
+      threads moved P-net's probabilities by 2e-6 and 8 of 24 LFW faces by a few grey levels),
+      and the thread count follows ``--threads`` and ``--workers``. The 3x3 convolutions, PReLU
+      and pooling gave the same bits with 1, 2 and 3 threads.
     """
     x = pnet.prelu1(pnet.conv1(canvas))
     for (h, w), (y, x0) in zip(levels, spots):
@@ -158,44 +158,23 @@ def pnet_on_canvas(pnet: torch.nn.Module, canvas: torch.Tensor, levels: Sequence
     return _pnet_head(pnet, x[0])
 
 
-# Elements per call of an exp in _exp_fixed: under ATen's parallel grain (32768), so one thread
-# runs it, and a multiple of every SIMD width, so every element takes the vector path.
-_EXP_CHUNK = 8192
-
-
 def _pnet_head(pnet: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """P-net's 1x1 convolutions (``conv4_2`` offsets, ``conv4_1`` + softmax) on (32, h, w) features,
-    in operations whose result does not depend on the thread count or on where a cell lies.
+    on one thread: (4, h, w) offsets and (h, w) face probabilities.
 
-    The 1x1 convolutions are 32-term dot products per cell: one broadcast multiply, then a fixed
-    pairwise tree of additions (16 + 16, 8 + 8, ...), all elementwise, each exactly rounded. The
-    two-class softmax needs an exp; ATen's exp takes a SIMD path for most elements and a scalar
-    one for each thread's remainder (the two can differ in the last bit), so it runs in
-    fixed-size chunks that one thread covers with SIMD entirely (:func:`_exp_fixed`).
+    One thread makes the result a function of the features alone: oneDNN splits a 1x1
+    convolution's sums differently for other thread counts, and ATen's softmax takes a SIMD path
+    for most elements and a scalar one for each thread's remainder. The head is ~5 % of P-net's
+    work, so one thread costs little (measured: 0.5 ms for a 250 px photo, faster than two
+    threads on a busy machine). Changing torch's thread count is cheap with OpenMP.
     """
-    c, h, w = x.shape
-    feats = x.reshape(c, h * w).contiguous()  # (32, cells)
-    weight = torch.cat([pnet.conv4_1.weight, pnet.conv4_2.weight]).reshape(6, c)  # (6, 32)
-    bias = torch.cat([pnet.conv4_1.bias, pnet.conv4_2.bias])
-    terms = weight.t().contiguous()[:, :, None] * feats[:, None, :]  # (32, 6, cells)
-    while len(terms) > 1:
-        half = len(terms) // 2
-        summed = terms[:half] + terms[half : 2 * half]
-        terms = summed if len(terms) % 2 == 0 else torch.cat([summed, terms[2 * half :]])
-    out = terms[0] + bias[:, None]  # (6, cells)
-    logits, reg = out[:2], out[2:]
-    e = _exp_fixed(logits - torch.maximum(logits[0], logits[1]))
-    prob = e[1] / (e[0] + e[1])
-    return reg.reshape(4, h, w), prob.reshape(h, w)
-
-
-def _exp_fixed(x: torch.Tensor) -> torch.Tensor:
-    """``torch.exp`` whose value per element does not depend on the tensor's size or thread count."""
-    flat = x.reshape(-1)
-    n = len(flat)
-    padded = torch.zeros(n + (-n % _EXP_CHUNK), dtype=x.dtype, device=x.device)
-    padded[:n] = flat
-    out = torch.empty_like(padded)
-    for i in range(0, len(padded), _EXP_CHUNK):
-        torch.exp(padded[i : i + _EXP_CHUNK], out=out[i : i + _EXP_CHUNK])
-    return out[:n].reshape(x.shape)
+    if x.device.type != "cpu":
+        return pnet.conv4_2(x[None])[0], pnet.softmax4_1(pnet.conv4_1(x[None]))[0, 1]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reg = pnet.conv4_2(x[None])[0]
+        prob = pnet.softmax4_1(pnet.conv4_1(x[None]))[0, 1]
+    finally:
+        torch.set_num_threads(old)
+    return reg, prob
