@@ -2,7 +2,9 @@
 
 The per-photo rules live here: which faces to keep (probability, ``--select``), the similarity
 warp of each onto the template, and the crops written when no face is found (``--fallback``) or
-detection is skipped (``--assume-cropped``). Batches of photos share one MTCNN pass.
+detection is skipped (``--assume-cropped``). Batches of photos share one MTCNN pass, whose
+results do not depend on the batch (see :mod:`.invariant`); every warp uses its matrix as
+recorded in ``landmarks.csv`` (rounded), so the CSV reproduces the pixels.
 """
 
 from __future__ import annotations
