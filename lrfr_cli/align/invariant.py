@@ -5,12 +5,13 @@ kernels sum the same products in different orders, so a network's output for one
 the last bits when the batch around it changes. MTCNN's landmarks follow, and the similarity warp
 turns a changed landmark into changed pixels (a few grey levels on ~1 % of a face). Measured on
 LFW photos before this module: batch 1 vs 4 gave 3-9 of 24 faces with other pixels, on AMD and
-Intel alike. Two rules remove the dependence instead of hoping it is small:
+Intel alike. Three rules remove the dependence instead of hoping it is small:
 
 * P-net sees one photo per call, its whole pyramid packed on one canvas whose layout follows from
   the photo's size alone (:func:`pyramid_layout`). Batching photos in P-net (N x 3 x h x w) gave
   other bits for N = 1, 3, 16 and 24, and even for odd N with 2 threads; one canvas per photo is
-  also cheaper than one call per pyramid level.
+  also cheaper than one call per pyramid level. Its 1x1 head runs on one thread (the only
+  layers whose bits followed the thread count, which ``--threads`` and ``--workers`` change).
 * R- and O-net see a fixed number of rows per call (:func:`run_fixed_chunks`), the last chunk
   padded with zeros. In a call of fixed shape a row's result does not depend on its position or
   on the other rows (convolutions loop over the batch outside their sums; the dense layers' GEMM
@@ -26,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-# Candidate boxes per R-/O-net call on a CPU. Cache-sized chunks run fastest per box (R-net: ~30
+# Candidate boxes per R-/O-net call on a CPU. Cache-sized chunks run fastest per box (R-net: ~40
 # boxes per LFW photo reach it, O-net ~10); small fixed chunks keep the padding of the last one
 # cheap (benchmarks/align.py). On a GPU, bigger fixed chunks (padding costs nearly nothing there).
 RNET_CHUNK = 32
