@@ -37,6 +37,21 @@ def _expected(net: torch.nn.Module, img: np.ndarray, size: int) -> np.ndarray:
         return torch.round(net(lr).clamp(0, 1) * 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 
+def _assert_network_pixels(got: np.ndarray, want: np.ndarray) -> None:
+    """uint8 faces from the SR network run in another batch composition (the command: 6 faces per
+    forward; ``_expected``: one), so equal up to where fp32 rounding lands on a .5 grey level.
+
+    The kernels differ by batch shape and CPU, so the sums of the three convolutions (243, 64 and
+    800 products) come out in another order: an error of about sqrt(n)·eps·Σ|terms| ≈ 30 · 6e-8 ·
+    40 ≈ 1e-4 of the [0, 1] range at worst, 0.02 grey levels. A value moves only when its error
+    crosses a rounding edge: by one level, for about that fraction of values (≤ 2 %). A wrong
+    degradation or a skipped network moves most values by several levels.
+    """
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1, diff.max()
+    assert (diff > 0).mean() <= 0.02, (diff > 0).mean()
+
+
 def test_sr_writes_the_network_output_and_a_contact_sheet(cli, ws, folder) -> None:
     net = make_sr_run(ws)
     r = cli(ws, "sr", folder, "--model", "runs/srfake", "--size", "16", "--out", "faces", "--sheet", "3", "--json")
@@ -47,7 +62,7 @@ def test_sr_writes_the_network_output_and_a_contact_sheet(cli, ws, folder) -> No
     out = ws / "sr" / "faces" / "16px"
     for rel in rels:
         got = load_rgb(out / Path(rel).with_suffix(".png"))
-        np.testing.assert_array_equal(got, _expected(net, load_rgb(folder / rel), 16))
+        _assert_network_pixels(got, _expected(net, load_rgb(folder / rel), 16))
 
     sheet = np.asarray(Image.open(d["contact_sheet"]).convert("RGB"))
     pad, head, foot, w = 4, 30, 14, 112
@@ -55,7 +70,7 @@ def test_sr_writes_the_network_output_and_a_contact_sheet(cli, ws, folder) -> No
     first = load_rgb(folder / rels[0])  # rows are spread over the folder; the first row is its first image
     tile = lambda c: sheet[head : head + w, pad + c * (w + pad) : pad + c * (w + pad) + w]  # noqa: E731
     np.testing.assert_array_equal(tile(3), first)
-    np.testing.assert_array_equal(tile(2), _expected(net, first, 16))
+    _assert_network_pixels(tile(2), _expected(net, first, 16))
     np.testing.assert_array_equal(tile(1), degrade_array(first, DegradeSpec(16)))
     small = degrade_array(first, DegradeSpec(16, upsample=False))
     np.testing.assert_array_equal(tile(0), np.asarray(Image.fromarray(small).resize((w, w), Image.NEAREST)))

@@ -2,7 +2,9 @@
 
 The per-photo rules live here: which faces to keep (probability, ``--select``), the similarity
 warp of each onto the template, and the crops written when no face is found (``--fallback``) or
-detection is skipped (``--assume-cropped``). Batches of photos share one MTCNN pass.
+detection is skipped (``--assume-cropped``). Batches of photos share one MTCNN pass, whose
+results do not depend on the batch (see :mod:`.invariant`); every warp uses its matrix as
+recorded in ``landmarks.csv`` (rounded), so the CSV reproduces the pixels.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from .decode import Decoded, detection_image
 from .mtcnn import Detections, MtcnnDetector
 from .options import AlignConfig, output_rel
 from .warp import (
+    MATRIX_DECIMALS,
     fit_error,
+    recorded_alignment,
     template_for,
     template_with_margin,
-    warp_face,
     warp_with_matrix,
 )
 
@@ -184,9 +187,10 @@ class Aligner:
         res = ImageResult(d.rel)
         tpl, _ = template_with_margin(cfg.size, cfg.margin)
         for k, i in enumerate(picks):
-            lm = good.landmarks[i]
             try:
-                face, m = warp_face(full, lm, cfg.size, margin=cfg.margin)
+                # warp with the transform as recorded (rounded): landmarks.csv reproduces the face
+                lm, m = recorded_alignment(good.landmarks[i], cfg.size, cfg.margin)
+                face = warp_with_matrix(full, m, cfg.out_wh)
             except (ValueError, cv2.error) as e:  # degenerate landmarks: report, do not stop the run
                 if not res.faces and k == len(picks) - 1:
                     return self._no_face(d, f"could not align the face ({e})")
@@ -200,8 +204,8 @@ class Aligner:
                 status="ok",
                 prob=round(float(good.probs[i]), 6),
                 box=rounded_list(good.boxes[i], 2),
-                landmarks=rounded_list(lm, 3),
-                matrix=rounded_list(m, 6),
+                landmarks=lm.tolist(),
+                matrix=m.tolist(),
                 fit_error=round(fit_error(m, lm, tpl), 4),
             )
             res.faces.append((face, rec))
@@ -211,24 +215,24 @@ class Aligner:
         res = ImageResult(d.rel, reason=reason)
         if self.config.fallback == "center-crop" and d.full is not None:
             H, W = d.full.shape[:2]
-            m = centre_crop_matrix(W, H, self.config.out_wh)
+            m = np.round(centre_crop_matrix(W, H, self.config.out_wh), MATRIX_DECIMALS) + 0.0
             if m[0, 0] < 0.5:
                 face = _area_then_place(d.full, m, self.config.out_wh)
             else:
                 face = warp_with_matrix(d.full, m, self.config.out_wh, interpolation="linear")
-            rec = FaceRecord(output_rel(d.rel, self.config.fmt, 0 if self.config.select == "all" else None), d.rel, 0, 0, "fallback", matrix=rounded_list(m, 6))
+            rec = FaceRecord(output_rel(d.rel, self.config.fmt, 0 if self.config.select == "all" else None), d.rel, 0, 0, "fallback", matrix=m.tolist())
             res.faces.append((face, rec))
         return res
 
     def _assumed(self, d: Decoded) -> ImageResult:
         assert d.full is not None
         H, W = d.full.shape[:2]
-        m = assumed_crop_matrix(W, H, self.config)
+        m = np.round(assumed_crop_matrix(W, H, self.config), MATRIX_DECIMALS) + 0.0
         # bicubic when enlarging: the same filter `degrade` uses to bring LR faces back to 112
         if m[0, 0] < 0.5:  # cv2.warpAffine has no true area filter: shrink first, then place
             face = _area_then_place(d.full, m, self.config.out_wh)
         else:
             interp = "cubic" if m[0, 0] > 1 else "linear"
             face = warp_with_matrix(d.full, m, self.config.out_wh, border="replicate", interpolation=interp)
-        rec = FaceRecord(output_rel(d.rel, self.config.fmt, 0 if self.config.select == "all" else None), d.rel, 0, 1, "assumed", box=[0.0, 0.0, float(W), float(H)], matrix=rounded_list(m, 6))
+        rec = FaceRecord(output_rel(d.rel, self.config.fmt, 0 if self.config.select == "all" else None), d.rel, 0, 1, "assumed", box=[0.0, 0.0, float(W), float(H)], matrix=m.tolist())
         return ImageResult(d.rel, faces=[(face, rec)])

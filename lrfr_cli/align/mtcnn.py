@@ -7,10 +7,31 @@ three-stage cascade — same networks and weights, same pyramid, thresholds, NMS
 arithmetic — with every resampling answered by one summed-area table per image: PyTorch's
 ``area`` interpolation (adaptive average pooling) averages rectangles, which the table gives
 with four look-ups per output cell, for the whole pyramid and for every candidate box of a batch
-at once. On a CPU the networks run in channels-last memory and the candidate boxes in
-cache-sized chunks. Results agree with ``facenet_pytorch.MTCNN.detect`` to float rounding
+at once. On a CPU the networks run in channels-last memory. Results agree with
+``facenet_pytorch.MTCNN.detect`` to float rounding
 (``test_batched_cascade_matches_facenet_pytorch`` in ``tests/test_align_geometry.py``), so
 alignments match data prepared with it.
+
+Batch invariance, by design. A photo's detections do not depend on which other photos share its
+batch (``lrfr align --batch-size``, decode workers, a resumed run): oneDNN and MKL choose
+convolution and matrix kernels by tensor shape and CPU, and kernels chosen for different shapes
+round differently in the last bits, which the warp turns into different pixels. So every network
+call has a shape that the photo alone decides, or a fixed one:
+
+* P-net runs once per photo, on one canvas that holds the photo's whole pyramid
+  (:func:`pyramid_layout`; its shape follows from the photo's size alone), never on a batch of
+  photos, whose size would be the batch's;
+* R- and O-net run on candidate boxes in chunks of a fixed number of rows (:data:`RNET_CHUNK`,
+  :data:`ONET_CHUNK`; the last chunk padded with zeros): a box's row sees the same kernels
+  whatever else is in its chunk (rows of a fixed-shape call do not interact, checked by
+  ``test_network_rows_ignore_their_neighbours``);
+* NMS and tie-breaking run per photo, on that photo's boxes in an order of its own (torchvision's
+  ``batched_nms`` shifts boxes by an offset that depends on the whole batch, which moves the
+  rounding of IoUs).
+
+Tested exactly in ``tests/test_align_invariance.py``: batch sizes 1, 3, 4 and 16 give
+byte-identical faces, also with other kernels forced (``ONEDNN_MAX_CPU_ISA=AVX2``,
+``ATEN_CPU_CAPABILITY=default``).
 """
 
 from __future__ import annotations
@@ -24,14 +45,44 @@ import numpy as np
 import torch
 
 from ..errors import LrfrError
+from .invariant import ONET_CHUNK, ONET_CHUNK_GPU, RNET_CHUNK, RNET_CHUNK_GPU, pnet_on_canvas, pnet_out_size, pyramid_canvas, pyramid_layout, run_fixed_chunks
 from .options import DEFAULT_THRESHOLDS
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou: float) -> torch.Tensor:
-    """torchvision's NMS, imported on first use: importing torchvision costs ~2.5 s of CLI start-up."""
-    from torchvision.ops import batched_nms as nms
+def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, inds: torch.Tensor, iou: float) -> torch.Tensor:
+    """Indices kept by torchvision's NMS run on each photo's boxes alone (``inds`` ascending).
 
-    return nms(boxes, scores, idxs, iou)
+    Returns the photos' survivors in photo order, each photo's best first. Unlike
+    ``batched_nms`` (which offsets every photo's boxes by a batch-wide amount before computing
+    IoUs in float32), what a photo keeps depends on its own boxes only. torchvision is imported
+    on first use: importing it costs ~2.5 s of CLI start-up.
+    """
+    from torchvision.ops import nms
+
+    keep = []
+    for lo, hi in _runs(inds):
+        keep.append(nms(boxes[lo:hi], scores[lo:hi], iou) + lo)
+    if not keep:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    return torch.cat(keep)
+
+
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """torchvision's NMS on one photo's boxes, best first."""
+    from torchvision.ops import nms
+
+    return nms(boxes, scores, iou)
+
+
+def _runs(inds: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of equal values in an ascending index tensor."""
+    if len(inds) == 0:
+        return []
+    idx = inds.detach().cpu().numpy()
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    ends = np.r_[starts[1:], len(idx)]
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
 
 DEFAULT_FACTOR = 0.709
 
@@ -87,10 +138,11 @@ def _load_nets(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, 
 
 
 class MtcnnDetector:
-    """MTCNN on ``device``; :meth:`detect` takes a batch of same-size images.
+    """MTCNN on ``device``; :meth:`detect` takes a batch of images of any sizes.
 
     ``min_face`` is MTCNN's ``min_face_size`` (pixels of the image handed to ``detect``): faces
     smaller than that are not searched for, and it sets the first pyramid scale 12/min_face.
+    A photo's detections are the same whatever batch it comes in (see the module docstring).
     """
 
     def __init__(
@@ -111,10 +163,9 @@ class MtcnnDetector:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
         self.pnet, self.rnet, self.onet = _load_nets(self.device)
-        # Candidate boxes go through R- and O-net in chunks: on a CPU, chunks whose activations
-        # fit in cache beat one big batch (measured 5x for R-net: 64 vs 600 boxes of 24x24).
-        self.chunk = 64 if self.device.type == "cpu" else 2048
-        self._memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        cpu = self.device.type == "cpu"
+        self.rnet_chunk, self.onet_chunk = (RNET_CHUNK, ONET_CHUNK) if cpu else (RNET_CHUNK_GPU, ONET_CHUNK_GPU)
+        self._memory_format = torch.channels_last if cpu else torch.contiguous_format
         # seconds per stage (pnet: pyramid + summed-area tables, rnet, onet), accumulated
         self.timings: dict[str, float] = {}
 
@@ -131,55 +182,52 @@ class MtcnnDetector:
             minl *= self.factor
         return out
 
+    def level_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """(height, width) of each pyramid level of an h x w image, as facenet-pytorch sizes them."""
+        return [(int(h * s + 1), int(w * s + 1)) for s in self.scales(h, w)]
+
     @torch.inference_mode()
     def detect(self, images: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> list[Detections]:
         """Detect faces in HxWx3 uint8 RGB images: an N x H x W x 3 array, or a list of any sizes.
 
-        The pyramid stage runs once per distinct image size (same-size images together); the
-        refinement stages run on the candidate boxes of all images at once.
+        The pyramid stage runs photo by photo; the refinement stages run on the candidate boxes
+        of all photos at once, in fixed-size chunks.
         """
         if isinstance(images, (np.ndarray, torch.Tensor)):
             if images.ndim == 3:
                 images = images[None]
             if images.ndim != 4:
                 raise ValueError(f"detect() needs N x H x W x 3 images, got shape {tuple(images.shape)}")
-            groups = {tuple(images.shape[1:3]): list(range(len(images)))}
-            batch = [images]
-        else:
-            images = list(images)
-            groups = {}
-            for i, im in enumerate(images):
-                groups.setdefault(tuple(im.shape[:2]), []).append(i)
-            batch = [np.stack([images[i] for i in idx]) for idx in groups.values()]
-        n = sum(len(v) for v in groups.values())
+        images = list(images)
+        n = len(images)
         if n == 0:
             return []
-        for b in batch:
-            if b.shape[-1] != 3:
-                raise ValueError(f"detect() needs RGB images (H x W x 3), got shape {tuple(b.shape[1:])}")
-        hmax = max(h for h, _ in groups)
-        wmax = max(w for _, w in groups)
+        for im in images:
+            if im.ndim != 3 or im.shape[-1] != 3:
+                raise ValueError(f"detect() needs RGB images (H x W x 3), got shape {tuple(im.shape)}")
+        hmax = max(int(im.shape[0]) for im in images)
+        wmax = max(int(im.shape[1]) for im in images)
         sat = torch.zeros(n, hmax + 1, wmax + 1, 3, device=self.device, dtype=_sat_dtype(hmax, wmax))
         sizes = torch.zeros(n, 2, dtype=torch.long, device=self.device)  # (width, height) per image
         all_boxes, all_inds = [], []
         t = time.perf_counter()
-        for (h, w), idx, arr in zip(groups, groups.values(), batch):
-            gi = torch.as_tensor(idx, device=self.device)
-            sizes[gi, 0], sizes[gi, 1] = w, h
-            scales = self.scales(h, w)
-            if not scales:
+        for i, im in enumerate(images):
+            h, w = int(im.shape[0]), int(im.shape[1])
+            sizes[i, 0], sizes[i, 1] = w, h
+            if not self.scales(h, w):
                 continue
             # The summed-area table serves every resampling of the cascade: the pyramid here and
             # the box crops of the later stages (four look-ups per output pixel).
-            g = integral_image(arr, sat.dtype, self.device)
-            boxes, inds = self._stage1(g, scales)
+            g = integral_image(im[None], sat.dtype, self.device)
+            boxes = self._stage1(g)
             if len(boxes):
-                sat[gi, : h + 1, : w + 1] = g
+                sat[i, : h + 1, : w + 1] = g[0]
                 all_boxes.append(boxes)
-                all_inds.append(gi[inds])
+                all_inds.append(torch.full((len(boxes),), i, dtype=torch.long, device=self.device))
         t = self._tick("pnet", t)
         if not all_boxes:
             return [Detections.empty() for _ in range(n)]
+        # photo order throughout: each photo's boxes stay together, in an order of their own
         boxes, inds = torch.cat(all_boxes), torch.cat(all_inds)
         boxes, inds = self._stage2(sat, sizes, boxes, inds)
         t = self._tick("rnet", t)
@@ -196,34 +244,33 @@ class MtcnnDetector:
         return now
 
     # ------------------------------------------------------------------ stages
-    def _stage1(self, sat: torch.Tensor, scales: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stage1(self, sat: torch.Tensor) -> torch.Tensor:
+        """Candidate boxes (k, 5) of one photo (its summed-area table, 1 x H+1 x W+1 x 3)."""
         h, w = sat.shape[1] - 1, sat.shape[2] - 1
-        all_boxes, all_inds = [], []
-        for scale in scales:
-            resized = resize_from_integral(sat, int(h * scale + 1), int(w * scale + 1))
-            if resized.device.type != "cpu":
-                resized = resized.contiguous()
-            reg, prob = self.pnet((resized - 127.5) * 0.0078125)
-            score = prob[:, 1]
+        scales = self.scales(h, w)
+        levels = self.level_sizes(h, w)
+        spots, _ = pyramid_layout(tuple(levels))
+        canvas = pyramid_canvas(sat, tuple(levels), self._memory_format)
+        reg_all, prob_all = pnet_on_canvas(self.pnet, canvas, levels, spots)
+        all_boxes = []
+        for scale, (lh, lw), (y, x) in zip(scales, levels, spots):
+            oh, ow = pnet_out_size(lh), pnet_out_size(lw)
+            score = prob_all[y // 2 : y // 2 + oh, x // 2 : x // 2 + ow]
             mask = score >= self.thresholds[0]
-            idx = mask.nonzero()  # (k, 3): image, row, col
+            idx = mask.nonzero()  # (k, 2): row, col
             if len(idx) == 0:
                 continue
             s = score[mask]
-            r = reg.permute(0, 2, 3, 1)[mask]  # (k, 4)
-            xy = idx[:, [2, 1]].to(reg.dtype)
+            r = reg_all[:, y // 2 : y // 2 + oh, x // 2 : x // 2 + ow].permute(1, 2, 0)[mask]  # (k, 4)
+            xy = idx[:, [1, 0]].to(r.dtype)
             q1 = torch.floor((2 * xy + 1) / scale)
             q2 = torch.floor((2 * xy + 12) / scale)
             b = torch.cat([q1, q2, s[:, None], r], dim=1)
-            keep = batched_nms(b[:, :4], b[:, 4], idx[:, 0], 0.5)
-            all_boxes.append(b[keep])
-            all_inds.append(idx[keep, 0])
+            all_boxes.append(b[_nms(b[:, :4], b[:, 4], 0.5)])
         if not all_boxes:
-            return torch.zeros(0, 9, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
+            return torch.zeros(0, 5, device=self.device)
         boxes = torch.cat(all_boxes)
-        inds = torch.cat(all_inds)
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-        boxes, inds = boxes[keep], inds[keep]
+        boxes = boxes[_nms(boxes[:, :4], boxes[:, 4], 0.7)]
         bw = boxes[:, 2] - boxes[:, 0]
         bh = boxes[:, 3] - boxes[:, 1]
         out = torch.stack(
@@ -236,18 +283,18 @@ class MtcnnDetector:
             ],
             dim=1,
         )
-        return _square(out), inds
+        return _square(out)
 
     def _stage2(self, sat: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         boxes, inds, crops = self._crops(sat, sizes, boxes, inds, 24)
         if len(boxes) == 0:
             return boxes, inds
-        reg, prob = _run_chunked(self.rnet, crops.contiguous(memory_format=self._memory_format), self.chunk)
+        reg, prob = run_fixed_chunks(self.rnet, crops, self.rnet_chunk, self._memory_format)
         score = prob[:, 1]
         ok = score > self.thresholds[1]
         boxes = torch.cat([boxes[ok, :4], score[ok, None]], dim=1)
         inds, reg = inds[ok], reg[ok]
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+        keep = nms_per_image(boxes[:, :4], boxes[:, 4], inds, 0.7)
         boxes, inds, reg = boxes[keep], inds[keep], reg[keep]
         return _square(_regress(boxes, reg)), inds
 
@@ -255,7 +302,7 @@ class MtcnnDetector:
         boxes, inds, crops = self._crops(sat, sizes, boxes, inds, 48)
         if len(boxes) == 0:
             return boxes, inds, torch.zeros(0, 5, 2, device=self.device)
-        reg, pts, prob = _run_chunked(self.onet, crops.contiguous(memory_format=self._memory_format), self.chunk)
+        reg, pts, prob = run_fixed_chunks(self.onet, crops, self.onet_chunk, self._memory_format)
         score = prob[:, 1]
         ok = score > self.thresholds[2]
         boxes = torch.cat([boxes[ok, :4], score[ok, None]], dim=1)
@@ -388,11 +435,6 @@ def crop_from_integral(
     return out.permute(0, 3, 1, 2)
 
 
-def _run_chunked(net: torch.nn.Module, x: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, ...]:
-    outs = [net(x[i : i + chunk]) for i in range(0, len(x), chunk)]
-    return tuple(torch.cat(parts) for parts in zip(*outs))
-
-
 def _square(boxes: torch.Tensor) -> torch.Tensor:
     """Grow each box to a square about its centre (MTCNN's ``rerec``)."""
     boxes = boxes.clone()
@@ -419,31 +461,35 @@ def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
 
 
 def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, inds: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS per image where overlap = intersection / smaller area (MTCNN's last stage)."""
+    """Greedy NMS per photo where overlap = intersection / smaller area (MTCNN's last stage).
+
+    ``inds`` ascending; each photo is handled on its own boxes, in their incoming order.
+    """
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     b = boxes.detach().cpu().double().numpy()
     s = scores.detach().cpu().float().numpy()
-    img = inds.detach().cpu().numpy()
     area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    # Best first, ties broken as facenet-pytorch does (numpy's default argsort of the float32
-    # scores, taken from the end): clear faces often score exactly 1.0 in float32 twice, and
-    # the tie decides which of two overlapping boxes is kept.
-    order = np.argsort(s)[::-1]
-    alive = np.ones(len(b), dtype=bool)
     keep = []
-    for i in order:
-        if not alive[i]:
-            continue
-        keep.append(i)
-        alive[i] = False
-        j = np.nonzero(alive & (img == img[i]))[0]
-        if len(j) == 0:
-            continue
-        iw = np.maximum(0.0, np.minimum(b[i, 2], b[j, 2]) - np.maximum(b[i, 0], b[j, 0]) + 1)
-        ih = np.maximum(0.0, np.minimum(b[i, 3], b[j, 3]) - np.maximum(b[i, 1], b[j, 1]) + 1)
-        overlap = iw * ih / np.minimum(area[i], area[j])
-        alive[j[overlap > threshold]] = False
+    for lo, hi in _runs(inds):
+        # Best first, ties broken as facenet-pytorch does (numpy's default argsort of the
+        # photo's float32 scores, taken from the end): clear faces often score exactly 1.0 in
+        # float32 twice, and the tie decides which of two overlapping boxes is kept.
+        order = lo + np.argsort(s[lo:hi])[::-1]
+        alive = np.zeros(len(b), dtype=bool)
+        alive[lo:hi] = True
+        for i in order:
+            if not alive[i]:
+                continue
+            keep.append(i)
+            alive[i] = False
+            j = lo + np.nonzero(alive[lo:hi])[0]
+            if len(j) == 0:
+                continue
+            iw = np.maximum(0.0, np.minimum(b[i, 2], b[j, 2]) - np.maximum(b[i, 0], b[j, 0]) + 1)
+            ih = np.maximum(0.0, np.minimum(b[i, 3], b[j, 3]) - np.maximum(b[i, 1], b[j, 1]) + 1)
+            overlap = iw * ih / np.minimum(area[i], area[j])
+            alive[j[overlap > threshold]] = False
     return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)
 
 

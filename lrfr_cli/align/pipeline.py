@@ -9,7 +9,11 @@ The default recipe is the one the shared ``celeba_subset`` training faces were m
 3. among faces with probability >= 0.95 the one with the largest box is kept;
 4. a least-squares similarity (Umeyama) maps the landmarks, in full-resolution coordinates, onto
    the ArcFace 112x112 template; the full-resolution photo is warped (bilinear, reflected border)
-   and saved as JPEG quality 92.
+   with that transform exactly as ``landmarks.csv`` records it (rounded), and saved as JPEG
+   quality 92.
+
+The faces written do not depend on ``batch_size``, ``workers``, ``threads`` or an interruption:
+see :mod:`.invariant` (every network call has a shape the photo alone decides, or a fixed one).
 
 The pieces, one module each: :mod:`.options` (what to do), :mod:`.pool` (decoding, in worker
 processes when asked), :mod:`.aligner` (detect in batches + warp), :mod:`.journal` (files,

@@ -67,8 +67,9 @@ def _light_children() -> Iterator[None]:
 def batches(stream: Iterable[Decoded], batch_size: int, on_error: Callable[[Decoded], None]) -> Iterator[list[Decoded]]:
     """Consecutive decoded photos in batches of ``batch_size``; unreadable ones go to ``on_error``.
 
-    Sizes may differ: the detector runs its pyramid stage per distinct size (LFW's photos all
-    share one) and the refinement stages on the whole batch.
+    Sizes may differ: the detector runs its pyramid stage photo by photo and the refinement
+    stages on the whole batch's boxes in fixed-size chunks, so a photo's faces do not depend on
+    the batch it lands in (``batch_size``, decode workers, a resumed run).
     """
     batch: list[Decoded] = []
     for d in stream:

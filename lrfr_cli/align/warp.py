@@ -125,8 +125,29 @@ def warp_face(
     return out, m
 
 
+# What landmarks.csv records, and what `lrfr align` warps with: landmarks to 1/1000 px, the 2x3
+# matrix to 6 decimals (translation to 1e-6 px; OpenCV's warp resolves 1/32 px).
+LANDMARK_DECIMALS = 3
+MATRIX_DECIMALS = 6
+
+
+def recorded_alignment(landmarks: np.ndarray, size: int | tuple[int, int] = 112, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(landmarks, 2x3 matrix) as ``landmarks.csv`` records them; the matrix is the one to warp with.
+
+    The detector's landmarks are rounded to :data:`LANDMARK_DECIMALS` first, the similarity is
+    fitted to the rounded points and rounded to :data:`MATRIX_DECIMALS`. So the recorded matrix
+    reproduces a face exactly (``warp_with_matrix(photo, matrix, size)``), refitting the recorded
+    landmarks gives the recorded matrix, and float noise below the rounding step in the
+    detector's output (another CPU's kernels) changes nothing unless it crosses a rounding edge.
+    """
+    lm = np.round(np.asarray(landmarks, dtype=np.float64).reshape(5, 2), LANDMARK_DECIMALS)
+    tpl, _ = template_with_margin(size, margin)
+    return lm, np.round(umeyama(lm, tpl), MATRIX_DECIMALS) + 0.0  # + 0.0: no "-0.0" in the CSV
+
+
 def warp_with_matrix(
     img: np.ndarray, m: np.ndarray, size: tuple[int, int], *, border: str = "reflect", interpolation: str = "linear"
 ) -> np.ndarray:
-    """Warp with a given 2x3 matrix (crop fallbacks that have no landmarks)."""
+    """Warp with a given 2x3 matrix: a recorded alignment (:func:`recorded_alignment`), or a crop
+    fallback that has no landmarks. Bilinear and reflected border by default, as :func:`warp_face`."""
     return cv2.warpAffine(img, m, size, flags=INTERPOLATIONS[interpolation], borderMode=BORDERS[border])
