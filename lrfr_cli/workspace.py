@@ -189,17 +189,22 @@ def fingerprint_tree(root: str | os.PathLike[str], files: Iterable[str | os.Path
     return {"path": str(root.resolve()), "files": n, "bytes": total, "sha1": h.hexdigest()}
 
 
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks (model files and packs can be GBs)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def fingerprint_file(path: str | os.PathLike[str], content: bool = True) -> dict[str, Any]:
     """Fingerprint one file; by content (sha1) unless ``content=False``."""
     p = Path(path)
     st = p.stat()
     out: dict[str, Any] = {"path": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
     if content:
-        h = hashlib.sha1()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out["sha1"] = h.hexdigest()
+        out["sha1"] = file_digest(p)
         del out["mtime_ns"]  # content decides; a touch must not invalidate
     return out
 

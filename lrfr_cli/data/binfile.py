@@ -262,11 +262,9 @@ def check_channels(channels: str, flag: str = "--bin-channels") -> str:
 
 
 def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..workspace import file_digest
+
+    return file_digest(path, "sha1")
 
 
 def read_bin(path: str | os.PathLike[str]) -> BinPack:

@@ -27,7 +27,6 @@ dict). A run fine-tuned from an ONNX file is therefore rebuilt from its checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -525,11 +524,9 @@ def rebuild(state: dict[str, torch.Tensor], label: str = "checkpoint") -> OnnxNe
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..workspace import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def float_weights(net: OnnxNet) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

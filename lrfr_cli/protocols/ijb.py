@@ -242,11 +242,9 @@ class IjbCrops:
 
 
 def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..workspace import file_digest
+
+    return file_digest(path, "sha1")
 
 
 def find_root(root: Path, prefix: str) -> Path:
