@@ -257,15 +257,20 @@ def _lines(path: Path) -> int:
 def test_ctrl_c_at_epoch_boundaries_exits_130_and_resumes_bit_identical(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) just after an epoch's
     last step, while the old loader's workers shut down and the new ones are forked: exit 130 with
-    one line, every time; the chain of resumed runs ends with the weights of an uninterrupted one."""
+    one line, every time; the chain of resumed runs ends with the weights of an uninterrupted one.
+
+    The run is far longer than the two interrupted stretches (30 epochs, 90 steps), so the Ctrl-C
+    lands mid-run however fast the machine is: with 6 epochs a quiet CPU finished the last steps
+    within the 0.3 s delay and exited 0 before the signal arrived."""
     import torch
     from test_kill_rerun import _alive, _descendants
 
     faces = make_identity_faces(tmp_path / "faces", 3, 4, seed=2, noise=20.0)  # 12 images: 3 steps an epoch
     ws = tmp_path / "ws"
     metrics = ws / "runs" / "r" / "metrics.jsonl"
+    epochs = 30
     for n, delay in ((6, 0.0), (12, 0.3)):  # after epoch 2, then (resumed) after epoch 4, at other moments
-        proc = subprocess.Popen(_train_cmd(ws, faces, 6), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(_train_cmd(ws, faces, epochs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
             deadline = time.time() + 300
             checked_workers = False
@@ -295,14 +300,14 @@ def test_ctrl_c_at_epoch_boundaries_exits_130_and_resumes_bit_identical(tmp_path
         assert text.splitlines() == ["interrupted (re-run the same command to resume)"], text
         assert checked_workers, "never saw a DataLoader worker that ignores SIGINT and SIGTERM"
         assert _json(ws / "runs" / "r" / "manifest.json")["status"] == "running"
-    done = subprocess.run(_train_cmd(ws, faces, 6), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_train_cmd(ws, faces, epochs), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     ref_ws = tmp_path / "ref"
-    ref = subprocess.run(_train_cmd(ref_ws, faces, 6), capture_output=True, text=True, timeout=600)
+    ref = subprocess.run(_train_cmd(ref_ws, faces, epochs), capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     a = torch.load(ws / "runs" / "r" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(ref_ws / "runs" / "r" / "checkpoints" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 18
+    assert a["step"] == b["step"] == 3 * epochs
     for part in ("model", "head"):
         for k in b[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
