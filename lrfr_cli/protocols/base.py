@@ -47,6 +47,23 @@ def variant_for(size: int | None, input_size: int, method: str, *, blur: float =
     return Variant(DegradeSpec(size=min(size, input_size), method=method, blur=blur, noise=noise, jpeg=jpeg, up_method=up_method), seed)
 
 
+def probe_variants(setting: str, sizes: Iterable[int], input_size: int, method: str, **degradation: Any
+                   ) -> tuple[list[int], dict[int, Variant], Callable[[Variant], tuple[Variant, Variant]]]:
+    """The pair protocols' probe plan: the sizes scored (hr-hr scores the input size alone), each
+    size's variant, and what each side of a pair sees (hr-lr: the first side HR, the second the
+    probe; lr-lr and hr-hr: both the same)."""
+    from ..embed import Variant
+
+    sizes = [input_size] if setting == "hr-hr" else list(sizes)
+    variants = {s: variant_for(s, input_size, method, **degradation) for s in sizes}
+    hr = Variant(None)
+
+    def sides(v: Variant) -> tuple[Variant, Variant]:
+        return (hr, v) if setting == "hr-lr" else (v, v)
+
+    return sizes, variants, sides
+
+
 @dataclass(frozen=True)
 class EvalOptions:
     """The ``lrfr eval`` options a protocol may use, already parsed (each protocol names the ones it

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LrfrError
-from .base import EvalOptions, Plan, variant_for
+from .base import EvalOptions, Plan, probe_variants
 from .lfw import SETTINGS, LfwProtocol
 
 if TYPE_CHECKING:
@@ -101,15 +101,10 @@ def plan_bin(path: Path, opts: EvalOptions) -> Plan:
     _PACKS[(str(path), pack.sha1)] = pack
     n = len(pack)
     images = BinImages(path, pack.sha1, channels, opts.input_size, name=f"bin-{pack.name}-{pack.sha1[:10]}")
-    sizes = [opts.input_size] if opts.setting == "hr-hr" else list(opts.sizes)
-    variants = {s: variant_for(s, opts.input_size, opts.method, blur=opts.blur, noise=opts.noise, jpeg=opts.jpeg,
-                               seed=opts.seed) for s in sizes}
-    hr = Variant(None)
+    sizes, variants, sides = probe_variants(opts.setting, opts.sizes, opts.input_size, opts.method, blur=opts.blur,
+                                            noise=opts.noise, jpeg=opts.jpeg, seed=opts.seed)
     first = [_rel(2 * i) for i in range(n)]
     second = [_rel(2 * i + 1) for i in range(n)]
-
-    def sides(v: Variant) -> tuple[Variant, Variant]:
-        return (hr, v) if opts.setting == "hr-lr" else (v, v)
 
     requests: dict[Variant, list[str]] = {}
     for s in sizes:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LrfrError
-from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, tar_rows, variant_for
+from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, probe_variants, tar_rows
 
 if TYPE_CHECKING:  # numpy loads with plan_ijb, not with the registry (lrfr report needs neither)
     import numpy as np
@@ -280,13 +280,8 @@ def plan_ijb(root: Path, prefix: str, *, setting: str, sizes: list[int], input_s
     images = IjbCrops(root=root, index={r: k for k, r in enumerate(rels)}, landmarks=meta.landmarks, name=f"{prefix}-{tag}",
                       size=input_size, fingerprint=_sha1(root / "meta" / f"{prefix}_name_5pts_score.txt"))
 
-    if setting == "hr-hr":
-        sizes = [input_size]
-    variants = {s: variant_for(s, input_size, method, blur=blur, noise=noise, jpeg=jpeg, seed=seed, up_method=up_method) for s in sizes}
-    hr = Variant(None)
-
-    def sides(v: Variant) -> tuple[Variant, Variant]:
-        return (hr, v) if setting == "hr-lr" else (v, v)
+    sizes, variants, sides = probe_variants(setting, sizes, input_size, method, blur=blur, noise=noise, jpeg=jpeg, seed=seed,
+                                            up_method=up_method)
 
     # the crops each side needs: those of the templates that occur on that side of some pair
     side1 = np.isin(meta.templates, np.unique(meta.t1))

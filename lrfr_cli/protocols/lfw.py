@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LrfrError
-from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, tar_rows, variant_for
+from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, probe_variants, tar_rows
 
 if TYPE_CHECKING:  # numpy and torch load with plan_lfw, not with the registry (lrfr report needs neither)
     from ..embed import Embeddings, ImageSet
@@ -199,13 +199,8 @@ def plan_lfw(
         if threshold_pairs is not None:
             thr_pairs, _ = read_pairs(threshold_pairs, prefix)
             check_images(root, thr_pairs, threshold_pairs)
-    if setting == "hr-hr":
-        sizes = [input_size]
-    variants = {s: variant_for(s, input_size, method, blur=blur, noise=noise, jpeg=jpeg, seed=seed, up_method=up_method) for s in sizes}
-    hr = Variant(None)
-
-    def sides(v: Variant) -> tuple[Variant, Variant]:
-        return (hr, v) if setting == "hr-lr" else (v, v)
+    sizes, variants, sides = probe_variants(setting, sizes, input_size, method, blur=blur, noise=noise, jpeg=jpeg, seed=seed,
+                                            up_method=up_method)
 
     requests: dict[Variant, list[str]] = {}
     everything = pairs + thr_pairs
