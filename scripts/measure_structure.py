@@ -27,6 +27,19 @@ LAYERS: dict[str, int] = {
     "report": 6,
     "ui": 7, "help_layout": 7, "commands": 7, "cli": 7, "__main__": 7, "__init__": 0,
 }
+# engine/ holds the run-time primitives that every layer may use (device, processes, seeds,
+# signals, atomic checkpoints) below the training loop that uses the models and losses.
+MODULE_LAYERS: dict[str, int] = {
+    f"engine.{m}": 1 for m in ("device", "distributed", "seed", "signals", "checkpoint")
+}
+
+
+def layer(mod: str) -> int:
+    rel = mod.split(".", 1)[1] if "." in mod else "__init__"
+    for key, value in MODULE_LAYERS.items():
+        if rel == key or rel.startswith(key + "."):
+            return value
+    return LAYERS.get(top(mod), 9)
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -110,7 +123,7 @@ def upward(graph: dict[str, set[str]]) -> list[str]:
     out = []
     for src, targets in sorted(graph.items()):
         for t in sorted(targets):
-            a, b = LAYERS.get(top(src), 9), LAYERS.get(top(t), 9)
+            a, b = layer(src), layer(t)
             if b > a:
                 out.append(f"{src} -> {t}")
     return out
