@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "engine": 3,
     "embed": 4, "finetune": 4, "sr": 4,
     "protocols": 5, "results": 5, "export": 5,
-    "report": 6,
+    "recipes": 6, "report": 6,
     "ui": 7, "help_layout": 7, "commands": 7, "cli": 7, "__main__": 7, "__init__": 0,
 }
 # engine/ holds the run-time primitives that every layer may use (device, processes, seeds,

@@ -192,7 +192,7 @@ def test_malicious_pack_runs_nothing(cli, ws, tmp_path, how):
         read_bin(evil)
     assert not made.exists()
     make_run(ws)
-    for args in (["eval", "-d", "bin", "-m", "tiny", "--data", evil, "--workers", "0"],
+    for args in (["eval", "--dataset", "bin", "-m", "tiny", "--data", evil, "--workers", "0"],
                  ["train", "--data", make_identity_faces(tmp_path / "faces", 2, 2), *FAST, "--max-steps", "1", "--val-bin", evil]):
         r = cli(ws, *args)
         text = (r.stdout + r.stderr).strip()
@@ -216,7 +216,7 @@ def test_malicious_pack_runs_nothing(cli, ws, tmp_path, how):
 def test_eval_scores_equal_a_hand_written_10_fold(cli, ws, lfw_pack, fake_net):
     path, bins, issame = lfw_pack
     make_run(ws)
-    r = cli(ws, "eval", "-d", "bin", "-m", "tiny", "--data", path, "--sizes", "16,112", "--flip", "--workers", "0", "--json")
+    r = cli(ws, "eval", "--dataset", "bin", "-m", "tiny", "--data", path, "--sizes", "16,112", "--flip", "--workers", "0", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     d = r.json()
     assert d["dataset"] == "bin" and Path(d["path"]).name == "bin-lfw_small.json"
@@ -245,7 +245,7 @@ def test_eval_scores_equal_a_hand_written_10_fold(cli, ws, lfw_pack, fake_net):
         assert res["auc"] == pytest.approx(roc_auc_score(y, scores), abs=1e-9)
         assert res["pairs"] == n
     # the same pack again: all from the cache, same numbers
-    again = cli(ws, "eval", "-d", "bin", "-m", "tiny", "--data", path, "--sizes", "16,112", "--flip", "--workers", "0", "--json").json()
+    again = cli(ws, "eval", "--dataset", "bin", "-m", "tiny", "--data", path, "--sizes", "16,112", "--flip", "--workers", "0", "--json").json()
     assert again["embeddings"]["computed"] == 0 and again["results"] == d["results"]
 
 
@@ -255,7 +255,7 @@ def test_several_packs_one_record_each_and_report(cli, ws, lfw_pack, tmp_path, f
     with open(other, "wb") as fh:  # another pack: the pairs reversed, labels as a numpy bool array
         pickle.dump((bins[::-1], np.array(issame[::-1])), fh, protocol=2)
     make_run(ws)
-    r = cli(ws, "eval", "-d", "bin", "-m", "tiny", "--data", f"{path},{other}", "--sizes", "16", "--workers", "0", "--json")
+    r = cli(ws, "eval", "--dataset", "bin", "-m", "tiny", "--data", f"{path},{other}", "--sizes", "16", "--workers", "0", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     recs = r.json()["records"]
     assert [Path(x["path"]).name for x in recs] == ["bin-lfw_small.json", "bin-cfp_fp.json"]
@@ -272,8 +272,8 @@ def test_several_packs_one_record_each_and_report(cli, ws, lfw_pack, tmp_path, f
     bad = cli(ws, "report", "--no-plots", "--fail-under", f"bin:cfp_fp/hr-lr@16={min(1.0, acc + 0.01):.12f}")
     assert bad.exit_code != 0
     # --name cannot name two records; a folder of packs is found too
-    assert cli(ws, "eval", "-d", "bin", "-m", "tiny", "--data", f"{path},{other}", "--name", "x").exit_code == 2
-    r2 = cli(ws, "eval", "-d", "bin", "-m", "tiny", "--data", tmp_path, "--sizes", "16", "--workers", "0", "--json")
+    assert cli(ws, "eval", "--dataset", "bin", "-m", "tiny", "--data", f"{path},{other}", "--name", "x").exit_code == 2
+    r2 = cli(ws, "eval", "--dataset", "bin", "-m", "tiny", "--data", tmp_path, "--sizes", "16", "--workers", "0", "--json")
     assert [x["protocol_info"]["bin"] for x in r2.json()["records"]] == ["cfp_fp"]
 
 

@@ -100,7 +100,7 @@ def test_second_eval_uses_cache_and_gives_identical_numbers(cli, ws, data_dir, l
 
 def test_output_json_and_numbers_recomputed_from_cache(cli, ws, data_dir, lfw_small, counter) -> None:
     run = _make_run(ws)
-    r = cli(ws, *_lfw_args(data_dir, lfw_small, "--sizes", "12,112", "--method", "area"))
+    r = cli(ws, *_lfw_args(data_dir, lfw_small, "--sizes", "12,112", "--down-method", "area"))
     assert r.exit_code == 0, r.stderr
     d = r.json()
     saved = json.loads((ws / "evals" / "tiny" / "lfw-small_pairs.json").read_text())

@@ -105,7 +105,7 @@ def test_seed_protocol_end_to_end_at_128(cli, ws, data_dir, tmp_path, monkeypatc
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("2\t3\n" + "\n".join(lines[:3] + lines[500:503] + lines[10:13] + lines[510:513]) + "\n")
     lm_file = data_dir / "protocols" / "lfw_landmarks" / "LFW.csv"
-    r = cli(ws, "eval", "-d", "lfw", "-m", "seed128", "--data", str(data_dir / "lfw"), "--pairs", str(pairs),
+    r = cli(ws, "eval", "--dataset", "lfw", "-m", "seed128", "--data", str(data_dir / "lfw"), "--pairs", str(pairs),
             "--align", "seed-landmarks", "--landmarks", str(lm_file), "--up-method", "pil-bicubic",
             "--sizes", "16,128", "--workers", "0", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
@@ -128,5 +128,5 @@ def test_seed_protocol_end_to_end_at_128(cli, ws, data_dir, tmp_path, monkeypatc
 
 
 def test_bad_up_method_on_the_cli(cli, ws) -> None:
-    r = cli(ws, "eval", "-d", "lfw", "-m", "x", "--up-method", "lanczos")
+    r = cli(ws, "eval", "--dataset", "lfw", "-m", "x", "--up-method", "lanczos")
     assert r.exit_code != 0 and "--up-method 'lanczos'" in r.stderr

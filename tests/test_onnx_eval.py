@@ -79,7 +79,7 @@ def test_eval_shared_mobileface_equals_plain_onnxruntime_scored_by_hand(cli, tmp
     model = _mobileface(data_dir)
     pf, root, pairs = _subset(data_dir, tmp_path, 15)
     ws = tmp_path / "ws"
-    r = cli(ws, "eval", "-d", "lfw", "-m", model, *RAW_RGB, "--data", root, "--pairs", pf, "--align", "none", "--sizes", "112",
+    r = cli(ws, "eval", "--dataset", "lfw", "-m", model, *RAW_RGB, "--data", root, "--pairs", pf, "--align", "none", "--sizes", "112",
             "--workers", "0", "--batch-size", "32", "--name", "sub", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     doc = r.json()
@@ -153,7 +153,7 @@ def test_export_then_eval_onnx_equals_eval_of_the_run(cli, tmp_path, data_dir, l
     assert (meta["layout"], meta["channel_order"], meta["pixel_mean"], meta["pixel_std"], meta["embedding_size"]) == (
         layout.upper(), "rgb", "127.5", "127.5", "96")
     pairs = _mini_pairs(data_dir, tmp_path)
-    common = ["-d", "lfw", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop", "--sizes", "8,16,112",
+    common = ["--dataset", "lfw", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop", "--sizes", "8,16,112",
               "--workers", "0", "--json"]
     a = cli(ws, "eval", "-m", "runs/tiny", "--backend", "torch", *common, "--name", "run")
     b = cli(ws, "eval", "-m", out, *common, "--name", "onnx")  # no options: the metadata says everything
@@ -232,7 +232,7 @@ def test_bad_onnx_files_one_line_exit_2_nothing_written(cli, tmp_path, data_dir)
     make_identity_faces(faces, 2, 4)
     for name, (path, msg) in _bad_files(tmp_path, data_dir).items():
         opts = ["--channel-order", "rgb", "--pixel-mean", "127.5", "--pixel-std", "127.5"]
-        for args in (["eval", "-d", "lfw", "-m", path, *opts, "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop"],
+        for args in (["eval", "--dataset", "lfw", "-m", path, *opts, "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop"],
                      ["finetune", "--method", "siamese", "--from", path, *opts, "--data", faces, "--p", "2", "--k", "2", "--max-steps", "1"],
                      ["export", "-m", path, *opts, "--no-check"]):
             r = cli(ws, *args)
@@ -246,7 +246,7 @@ def test_eval_backend_onnxruntime_of_a_run_exports_once_and_equals_torch(cli, tm
     ws = tmp_path / "ws"
     _tiny_run(ws, emb=64)
     pairs = _mini_pairs(data_dir, tmp_path, 8)
-    common = ["-d", "lfw", "-m", "runs/tiny", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
+    common = ["--dataset", "lfw", "-m", "runs/tiny", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
               "--sizes", "12,112", "--workers", "0", "--json"]
     t = cli(ws, "eval", *common, "--backend", "torch", "--name", "t")
     o = cli(ws, "eval", *common, "--backend", "onnxruntime", "--name", "o")

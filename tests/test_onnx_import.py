@@ -260,7 +260,7 @@ def test_finetune_from_onnx_every_weight_changes_and_eval_export_take_it(cli, tm
     pairs = tmp_path / "mini.txt"
     lines = (data_dir / "lfw" / "pairsDevTest.txt").read_text().splitlines()[1:]
     pairs.write_text("3\n" + "\n".join(lines[:3] + lines[500:503]) + "\n")
-    r = cli(ws, "eval", "-d", "lfw", "-m", "runs/ft", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
+    r = cli(ws, "eval", "--dataset", "lfw", "-m", "runs/ft", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
             "--sizes", "8,112", "--workers", "0", "--name", "mini", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert r.json()["model"]["embedding_size"] == 256 and r.json()["model"]["input_contract"]["layout"] == "nhwc"

@@ -101,7 +101,7 @@ def test_eval_record_quality_and_report_plot(cli, ws, data_dir, tmp_path) -> Non
     lines = (data_dir / "lfw" / "pairsDevTest.txt").read_text().splitlines()[1:]
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("2\t4\n" + "\n".join(lines[:4] + lines[500:504] + lines[20:24] + lines[520:524]) + "\n")
-    r = cli(ws, "eval", "-d", "lfw", "-m", "tiny", "--data", str(data_dir / "lfw"), "--pairs", str(pairs), "--align", "center-crop",
+    r = cli(ws, "eval", "--dataset", "lfw", "-m", "tiny", "--data", str(data_dir / "lfw"), "--pairs", str(pairs), "--align", "center-crop",
             "--sizes", "8,112", "--workers", "0", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     doc = r.json()

@@ -204,7 +204,7 @@ def test_report_of_a_real_eval(cli, ws, data_dir, tmp_path, monkeypatch) -> None
     lines = (data_dir / "lfw" / "pairsDevTest.txt").read_text().splitlines()[1:]
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("2\t5\n" + "\n".join(lines[:5] + lines[500:505] + lines[100:105] + lines[600:605]) + "\n")
-    r = cli(ws, "eval", "-d", "lfw", "-m", "tiny", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
+    r = cli(ws, "eval", "--dataset", "lfw", "-m", "tiny", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
             "--sizes", "8,112", "--workers", "0", "--json")
     assert r.exit_code == 0, r.stderr
     ev = json.loads((ws / "evals" / "tiny" / "lfw.json").read_text())

@@ -50,7 +50,7 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
         "Super-resolution (--task sr)": ("--arch", "--sr-loss", "--sr-patch", "--perceptual", "--perceptual-weight", "--adversarial", "--disc-lr-scale", "--sr-val-images"),
     },
     "finetune": {
-        "Method": ("--method", "--method-opt", "--loss", "--loss-opt", "--lr-sizes", "--margin", "--id-weight", "--p-down", "--p-down-end", "--lambda", "--feature-loss"),
+        "Method": ("--method", "--method-opt", "--loss", "--loss-opt", "--lr-sizes", "--triplet-margin", "--id-weight", "--p-down", "--p-down-end", "--lambda", "--feature-loss"),
         "Model": ("--from", "--backbone", "--checkpoint", "--embedding-size"),
         "ONNX --from input": ("--channel-order", "--layout", "--pixel-mean", "--pixel-std"),
         "Data": ("--data", "--data-root", "--allow-outside-root", "--p", "--k", "--flip", "--cache"),
@@ -65,7 +65,7 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
         "ONNX --model input": ("--layout", "--pixel-mean", "--pixel-std"),
         "LFW": ("--sizes", "--setting", "--pairs", "--threshold-pairs", "--align", "--sr"),
         "SCface and TinyFace": ("--distance", "--landmarks", "--distractors"),
-        "Low-resolution probes": ("--method", "--up-method", "--blur", "--noise", "--jpeg", "--seed"),
+        "Low-resolution probes": ("--down-method", "--up-method", "--blur", "--noise", "--jpeg", "--seed"),
         "Performance": ("--device", "--precision", "--batch-size", "--workers"),
     },
     "sr": {

@@ -9,7 +9,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -21,7 +21,6 @@ from ..embed.extract import with_sr
 from ..embed.model import AUTO_HELP, choose_backend
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
-from ..models import BACKBONES
 from ..protocols import EvalOptions, EvalProtocol
 from ..protocols.quality import face_quality
 from ..protocols.quality import write_csv as write_quality_csv
@@ -29,7 +28,9 @@ from ..protocols.sources import AlignedFolder
 from ..results import EvalRecord, ResultsError
 from ..ui import null_progress
 from ..workspace import Workspace, git_commit, package_versions
+from . import _options as opt
 from ._common import handle_errors, state, workspace
+from ._deprecated import old_spelling, prefer, require
 
 QUALITY_HELP = ("feature_norm: norm of the raw embedding (AdaFace's quality proxy); laplacian_variance / "
                 "laplacian_mean_abs: sharpness of the grey face as the network saw it (Approach2's measure)")
@@ -90,9 +91,9 @@ def _aligned_images(proto: EvalProtocol, center: Any, root: Path, align: str, re
 
 @handle_errors
 def eval_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Protocol: {', '.join(protocols.names())}."),
+    dataset: Annotated[str | None, typer.Option("--dataset", help=f"Protocol (required): {', '.join(protocols.names())}.")] = None,
     model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (run by onnxruntime; its preprocessing from its metadata_props or --layout, --channel-order, --pixel-mean, --pixel-std)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help=f"Network of an external checkpoint: {', '.join(BACKBONES)} (insightface and AdaFace IResNet state dicts for ir*); default: the one whose parameters fit."),
+    backbone: opt.CheckpointBackbone = None,
     checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + "). --dataset bin: a .bin file, a folder of them or a,b.bin (one record each)."),
     sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help=f"{_for('sizes')} probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),
@@ -103,7 +104,7 @@ def eval_cmd(
     distance: str = typer.Option("all", "--distance", help=f"{_for('distance')} probe distance 1 (4.20 m), 2 (2.60 m), 3 (1.00 m), a list like 1,2, or all."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="SCface: folder with scface_mugshot.csv and scface_distance{{1,2,3}}.csv (default $LRFR_DATA/protocols/scface); LFW with --align landmarks: a 'Name/Name_0001.jpg,x1,y1,...,x5,y5' file (default $LRFR_DATA/protocols/lfw_landmarks/LFW.csv)."),
     distractors: bool = typer.Option(True, "--distractors/--no-distractors", help=f"{_for('distractors')} add Gallery_Distractor to the gallery (the official protocol)."),
-    method: str = typer.Option("bicubic", "--method", help=f"Down-sampling filter for LR probes. {METHOD_HELP}"),
+    down_method: Annotated[str, typer.Option("--down-method", help=f"Down-sampling filter for LR probes. {METHOD_HELP}")] = "bicubic",
     up_method: str = typer.Option("bicubic", "--up-method", help=f"{_for('up_method')} filter that brings LR probes back to the input size. {UP_METHOD_HELP}"),
     blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma before down-sampling (as `lrfr degrade`)."),
     noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std on the LR image (0..255), seeded per image path."),
@@ -112,30 +113,37 @@ def eval_cmd(
     sr: str = typer.Option("bicubic", "--sr", help=f"{_for('sr')} how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
     bin_channels: str = typer.Option("rgb", "--bin-channels", help=f"{_for('bin_channels')} rgb (the pack's JPEG/PNG files hold true colours: insightface's packs, lrfr make-bin) or bgr (red and blue swapped in the files, as when RGB arrays were encoded with OpenCV)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Add the horizontally flipped image's embedding before L2-normalising (default: on for IJB-B/C, as insightface scores them; off elsewhere).", show_default=False),
-    channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, an ONNX file's metadata, else rgb), rgb (insightface, ours) or bgr."),
-    layout: Optional[str] = typer.Option(None, "--layout", help="ONNX --model: input layout nchw or nhwc (default: its metadata, else its input shape)."),
-    pixel_mean: Optional[str] = typer.Option(None, "--pixel-mean", help="ONNX --model: its input is (pixel - MEAN) / STD (one number or three, in its channel order), with --pixel-std; raw 0..255 pixels: --pixel-mean 0 --pixel-std 1. Default: its metadata."),
-    pixel_std: Optional[str] = typer.Option(None, "--pixel-std", help="ONNX --model: the STD of --pixel-mean (insightface models: 127.5)."),
+    channel_order: opt.ChannelOrder = "auto",
+    layout: opt.OnnxLayout = None,
+    pixel_mean: opt.PixelMean = None,
+    pixel_std: opt.PixelStd = None,
     backend: str = typer.Option("auto", "--backend", help=f"Embedding backend: torch, onnxruntime (our runs exported to ONNX on the fly, cached in the workspace's cache/onnx) or auto: {AUTO_HELP}."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (CUDA) for the forward pass."),
+    device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),
     workers: int = typer.Option(2, "--workers", "-j", min=0, help="Image decoding worker processes (0 = in the main process)."),
     name: Optional[str] = typer.Option(None, "--name", help="Output file evals/RUN/NAME.json (default: the dataset, plus pairs/setting when not the standard ones)."),
     force: bool = typer.Option(False, "--force", help="Recompute embeddings instead of using the cache."),
+    old_dataset: Annotated[str | None, old_spelling("-d", "--dataset")] = None,
+    old_method: Annotated[str | None, old_spelling("--method", "--down-method")] = None,
 ) -> None:
     """Measure a model under a low-resolution protocol; writes evals/RUN/<dataset>.json.
 
     Every unique (image, size, degradation) is embedded once per model and cached under
     embeddings/, so a second eval of the same model (another setting, more sizes) reuses it.
 
-    Examples: lrfr eval -d lfw -m runs/RUN --sizes 8,12,16,20,112 ·
-    lrfr eval -d lfw -m runs/RUN --pairs $LRFR_DATA/lfw/pairsDevTest.txt --setting lr-lr ·
-    lrfr eval -d scface --distance 2 -m runs/RUN --data /data/SCface ·
-    lrfr eval -d survface -m ms1mv3_r50.pth --data /data/QMUL-SurvFace ·
-    lrfr eval -d bin -m runs/RUN --data ms1m/cfp_fp.bin,ms1m/agedb_30.bin --flip
+    Examples: lrfr eval --dataset lfw -m runs/RUN --sizes 8,12,16,20,112 ·
+    lrfr eval --dataset lfw -m runs/RUN --pairs $LRFR_DATA/lfw/pairsDevTest.txt --setting lr-lr ·
+    lrfr eval --dataset scface --distance 2 -m runs/RUN --data /data/SCface ·
+    lrfr eval --dataset survface -m ms1mv3_r50.pth --data /data/QMUL-SurvFace ·
+    lrfr eval --dataset bin -m runs/RUN --data ms1m/cfp_fp.bin,ms1m/agedb_30.bin --flip
     """
-    args = dict(locals())  # first: the options as given, for one call per --data file
+    dataset = require(prefer("eval", dataset, old_dataset, new_flag="--dataset", old_flag="-d", why="-d is --data in train and finetune"), "--dataset")
+    down_method = prefer("eval", down_method, old_method, new_flag="--down-method", old_flag="--method", default="bicubic",
+                         why="--method is the fine-tuning method in lrfr finetune")
+    old_dataset = old_method = None
+    args = dict(locals())  # first (after the old spellings): the options as given, for one call per --data file
+    method = down_method
     st = state()
     ws = workspace()
     t0 = time.time()
@@ -144,7 +152,7 @@ def eval_cmd(
     if proto is None:
         raise LrfrError(f"--dataset {dataset!r}: choose one of {', '.join(protocols.names())}")
     if method not in METHODS:
-        raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise LrfrError(f"--down-method {method!r}: choose one of {', '.join(METHODS)}")
     if up_method not in UP_METHODS:
         raise LrfrError(f"--up-method {up_method!r}: choose one of {', '.join(UP_METHODS)}")
     if align not in ALIGNS:

@@ -1,6 +1,6 @@
 """``lrfr train --task sr``: the options of a super-resolution run → a :class:`TrainingRun`.
 
-``commands/train.py`` parses the shared options (data, loop, device) and hands the SR ones here;
+``recipes/sr.py`` builds the shared loop options and hands the SR ones here;
 the runner (:func:`lrfr_cli.engine.runner.run_training`) then does what it does for recognition
 runs: artifact, resume, DDP, checkpoints, per-epoch validation, summary counts.
 
@@ -23,7 +23,7 @@ from ..data.crb import check_crb_options
 from ..data.datasets import TrainingSet, load_face
 from ..data.lists import read_list_lines
 from ..engine.loop import LoopConfig
-from ..engine.runner import RunOutcome, TrainingRun
+from ..engine.runner import TrainingRun
 from ..engine.tasks import Task
 from ..errors import LrfrError
 from ..models import INPUT_SIZE
@@ -31,8 +31,6 @@ from ..models.sr import SR_ARCHS, Discriminator, build_sr
 from ..workspace import fingerprint_file
 from .infer import SR_KIND, sr_validation
 from .task import SR_LOSSES, SRTask
-
-TASKS = ("classify", "sr")
 
 
 @dataclass
@@ -146,25 +144,4 @@ def sr_training_run(
     )
 
 
-def sr_summary(out: RunOutcome) -> tuple[str, dict[str, Any]]:
-    """The one-line summary (rich markup) and the ``--json`` document of an SR training run."""
-    c = out.counts
-    doc = {"command": "train", "task": "sr", "run": out.name, "path": str(out.path), "up_to_date": out.up_to_date, **c}
-    if out.up_to_date:
-        return f"[green]up to date[/green] runs/{out.name}: {c.get('steps')} steps, final loss {c.get('final_loss')} (--force to retrain)", doc
-    res = out.result
-    assert res is not None
-    val = ""
-    if res.best and "val_psnr" in res.best:
-        val = f", best val PSNR {res.best['val_psnr']:.2f} dB"
-        if res.last_val and "val_bicubic_psnr" in res.last_val:
-            val += f" (bicubic {res.last_val['val_bicubic_psnr']:.2f} dB)"
-    else:
-        val = ", no validation (no val.txt beside the list)"
-    resumed = f" (resumed from step {res.resumed_from})" if res.resumed_from is not None else ""
-    fl = f"{res.first_loss:.4f}" if res.first_loss is not None else "-"
-    ll = f"{res.loss:.4f}" if res.loss is not None else "-"
-    return f"[green]trained[/green] SR runs/{out.name}: {res.step} steps{resumed}, loss {fl} → {ll}{val} → {out.path}", doc
-
-
-__all__ = ["TASKS", "SROptions", "check_sr_options", "sr_summary", "sr_training_run", "val_faces"]
+__all__ = ["SROptions", "check_sr_options", "sr_training_run", "val_faces"]

@@ -1,0 +1,241 @@
+"""``lrfr finetune``: a trained model (a run, a checkpoint file or an ONNX file) fine-tuned for
+low resolution by one of the methods of :mod:`lrfr_cli.finetune`.
+
+The run's ``config.json`` records the parent model and its checkpoint's sha1, which is also part
+of the run's identity; batches are always P × K.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.datasets import TrainingSet, resolve_training_data
+from ..data.samplers import batches_per_epoch
+from ..embed import LoadedModel, resolve_model
+from ..engine.loop import plan_steps
+from ..engine.runner import TrainingRun, pair_validation
+from ..engine.tasks import Task
+from ..errors import LrfrError
+from ..finetune import build_method, method_class, resolve_options
+from ..finetune.base import check_pk
+from ..losses import build_head, heads, parse_loss_opts
+from ..models import INPUT_SIZE
+from ..protocols.lfw import validation_pairs
+from ..workspace import fingerprint_file
+from .classify import lr_sizes
+from .common import RunArgs, RunSummary, best_metric, loop_config
+
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
+
+
+@dataclass
+class FinetuneArgs(RunArgs):
+    """``lrfr finetune``'s options."""
+
+    method: str
+    from_: str
+    backbone: str | None
+    checkpoint: str
+    channel_order: str
+    layout: str | None
+    pixel_mean: str | None
+    pixel_std: str | None
+    embedding_size: int | None
+    p: int
+    k: int
+    lr_sizes: str | None
+    loss: str | None
+    loss_opt: list[str] | None
+    triplet_margin: float | None
+    id_weight: float | None
+    p_down: float | None
+    p_down_end: float | None
+    lam: float | None
+    feature_loss: str | None
+    method_opt: list[str] | None
+    freeze_backbone: bool
+    head_lr: float | None
+
+
+def load_parent(spec: str, ws_root: Path, backbone: str | None, checkpoint: str, embedding_size: int | None,
+                onnx_input: dict[str, Any] | None = None) -> LoadedModel:
+    """The ``--from`` model, refusing what cannot be fine-tuned as asked (one-line errors).
+
+    An ONNX file becomes a trainable torch module (every float weight a parameter) behind lrfr's
+    RGB input; ``onnx_input`` (``channel_order``, ``layout``, ``pixel_mean``, ``pixel_std``)
+    describes its input where its metadata does not."""
+    parent = resolve_model(spec, ws_root, backbone=backbone, checkpoint=checkpoint, **(onnx_input or {}))
+    if parent.source == "run":
+        run_dir = parent.checkpoint.parent.parent
+        manifest = run_dir / "manifest.json"
+        status = None
+        if manifest.is_file():
+            try:
+                status = json.loads(manifest.read_text()).get("status")
+            except json.JSONDecodeError:
+                status = "unreadable"
+        if status is not None and status != "complete":
+            raise LrfrError(
+                f"--from {spec}: run {run_dir.name} is incomplete (status {status}); finish it (re-run its command) "
+                "before fine-tuning from it"
+            )
+    if parent.channel_order != "rgb":
+        raise LrfrError(
+            f"--from {spec}: a {parent.channel_order.upper()}-input checkpoint; lrfr fine-tunes on RGB faces, "
+            "so its weights would start from the wrong channel order"
+        )
+    if parent.input_size != INPUT_SIZE:
+        raise LrfrError(f"--from {spec}: takes {parent.input_size}×{parent.input_size} faces; lrfr fine-tunes on {INPUT_SIZE}×{INPUT_SIZE} aligned faces")
+    if embedding_size is not None and embedding_size != parent.embedding_size:
+        raise LrfrError(
+            f"--embedding-size {embedding_size}: --from {spec} gives {parent.embedding_size}-d embeddings; "
+            f"fine-tuning keeps the parent's size (drop --embedding-size or pass {parent.embedding_size})"
+        )
+    return parent
+
+
+def _contract_text(c: dict[str, Any]) -> str:
+    return (f"{c['channel_order'].upper()}, (pixel - {','.join(f'{v:g}' for v in c['mean'])}) / {','.join(f'{v:g}' for v in c['std'])}, "
+            f"{c['layout'].upper()} into the ONNX graph")
+
+
+def _method_opts(method: str, pairs: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """``--margin`` & co. and ``--method-opt KEY=VALUE`` as the method's typed options."""
+    cls = method_class(method)
+    given: dict[str, Any] = {}
+    for flag, (key, value) in pairs.items():
+        if value is None:
+            continue
+        if key not in cls.options:
+            have = ", ".join(cls.options) or "none"
+            raise LrfrError(f"{flag}: method {cls.name} has no option {key!r} (its options: {have})")
+        given[key] = value
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise LrfrError(f"--method-opt {item!r}: expected KEY=VALUE")
+        if key not in cls.options:
+            have = ", ".join(f"{k}={o.default}" for k, o in cls.options.items())
+            raise LrfrError(f"--method-opt {item}: method {cls.name} has no option {key!r} (its options: {have})")
+        default = cls.options[key].default
+        try:
+            if isinstance(default, str):
+                given[key] = text
+            elif isinstance(default, int) and not isinstance(default, bool):
+                given[key] = int(text)
+            else:
+                given[key] = float(text)
+                if not math.isfinite(given[key]):
+                    raise ValueError(text)
+        except ValueError:
+            raise LrfrError(f"--method-opt {item}: {cls.name}'s {key} takes a number (default {default})") from None
+    return given
+
+
+
+
+def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision: str) -> tuple[TrainingRun, RunSummary]:
+    """The training run of ``lrfr finetune`` (every option checked before the run folder is claimed)."""
+    cls = method_class(a.method)
+    method = cls.name
+    a.check_loop_choices()
+    opts = resolve_options(method, _method_opts(method, {
+        "--triplet-margin": ("margin", a.triplet_margin), "--id-weight": ("id_weight", a.id_weight), "--p-down": ("p_down", a.p_down),
+        "--p-down-end": ("p_down_end", a.p_down_end), "--lambda": ("lam", a.lam), "--feature-loss": ("feature_loss", a.feature_loss),
+    }, a.method_opt or []))
+    loss, loss_opt = a.loss, a.loss_opt
+    # The identity head: the method's default loss and options unless --loss/--loss-opt say otherwise.
+    head_loss: str | None = None
+    head_kw: dict[str, Any] = {}
+    if cls.default_loss is None:
+        if loss or loss_opt:
+            raise LrfrError(f"--loss/--loss-opt: method {method} has its own classifier (set it with --method-opt)")
+    elif cls.uses_head(opts):
+        head_loss = (loss or cls.default_loss[0]).lower()
+        if head_loss not in heads():
+            raise LrfrError(f"unknown loss {loss!r}; choose one of: {', '.join(heads())}")
+        head_kw = dict(cls.default_loss[1]) if head_loss == cls.default_loss[0] else {}
+        head_kw.update(parse_loss_opts(head_loss, loss_opt or []))
+    elif loss or loss_opt:
+        raise LrfrError(f"--loss/--loss-opt: method {method} uses no identity loss with these options (octuplet: give --id-weight > 0)")
+    if a.freeze_backbone and cls.default_loss is not None and head_loss is None:
+        raise LrfrError(f"--freeze-backbone: method {method} has no head to train with these options, so nothing would change")
+    sizes = tuple(sorted(set(lr_sizes(a.lr_sizes)))) if a.lr_sizes else cls.default_lr_sizes
+    bad = [s for s in sizes if s >= INPUT_SIZE]
+    if bad:
+        raise LrfrError(f"--lr-sizes: {bad[0]}px is not below the input height {INPUT_SIZE}px")
+    parent = load_parent(a.from_, ws_root, a.backbone, a.checkpoint, a.embedding_size,
+                         {"channel_order": a.channel_order, "layout": a.layout, "pixel_mean": a.pixel_mean, "pixel_std": a.pixel_std})
+    emb = parent.embedding_size
+    name = a.run_name or f"{method}-{parent.name}"
+    ts = resolve_training_data(a.data, a.data_root, ws_root, allow_outside_root=a.allow_outside_root)
+    check_pk(ts.labels, a.p, a.k)
+    pairs = validation_pairs(a.val_pairs, a.val_root) if a.val_pairs else None
+    base_lr = a.lr if a.lr is not None else DEFAULT_LR[a.optimizer]
+    if base_lr <= 0 or (a.head_lr is not None and a.head_lr <= 0):
+        raise LrfrError("--lr and --head-lr must be > 0")
+    head_scale = (a.head_lr / base_lr) if a.head_lr is not None else 10.0
+    cfg = loop_config(a, precision=precision, global_batch=a.p * a.k, default_epochs=2, default_lr=DEFAULT_LR,
+                      sampler="pk", images_per_identity=a.k, lr=base_lr)
+    if "ramp_steps" in opts and opts.get("p_down_end") is not None and int(opts["ramp_steps"]) == 0:
+        opts["ramp_steps"] = plan_steps(batches_per_epoch("pk", ts.labels, cfg.global_batch, 1, k=a.k), cfg)
+    if head_loss:
+        build_head(head_loss, emb, ts.num_classes, **head_kw)  # fail on bad head options before claiming the run
+    task_opts = {"freeze_backbone": a.freeze_backbone, "head_lr_scale": head_scale}
+    parent_rec = {"name": parent.name, "source": parent.source, "backbone": parent.backbone,
+                  "checkpoint": str(parent.checkpoint), "checkpoint_sha1": parent.sha1}
+    if parent.source == "onnx":  # the file's sha256 and how its input is made from lrfr's faces
+        parent_rec.update(sha256=parent.sha256, input_contract=parent.contract)
+    config: dict[str, Any] = {
+        "backbone": parent.backbone,
+        "embedding_size": emb,
+        "input_size": INPUT_SIZE,
+        "preprocess": "RGB, (x/255 - 0.5) / 0.5" + (
+            "; then inside the imported graph's wrapper: " + _contract_text(parent.contract) if parent.contract else ""),
+        "method": method,
+        "method_opts": opts,
+        "loss": head_loss,
+        "head": head_kw,
+        "lr_sizes": list(sizes),
+        "pk": {"p": a.p, "k": a.k},
+        "num_classes": ts.num_classes,
+        "data": ts.source,
+        "data_kind": ts.kind,
+        "images": len(ts),
+        "loop": cfg.identity(),
+        "task": task_opts,
+        "parent": parent_rec,
+        "val_pairs": str(a.val_pairs) if a.val_pairs else None,
+    }
+    options = {key: v for key, v in config.items() if key not in ("data", "images", "parent")}
+    inputs: dict[str, Any] = {"data": ts.fingerprint, "parent": {"checkpoint_sha1": parent.sha1}}
+    if parent.contract:
+        inputs["parent"]["input_contract"] = {k: parent.contract[k] for k in ("layout", "channel_order", "mean", "std")}
+    if a.val_pairs:
+        inputs["val_pairs"] = fingerprint_file(a.val_pairs)
+
+    def build_task(ts: TrainingSet) -> Task:
+        return build_method(
+            method, copy.deepcopy(parent.module), embedding_size=emb, num_classes=ts.num_classes, lr_sizes=sizes,
+            opts=opts, loss=head_loss, head_kw=head_kw, teacher=copy.deepcopy(parent.module) if cls.needs_teacher else None,
+            **task_opts,
+        )
+
+    spec = TrainingRun(
+        command="finetune", name=name, data=ts, cfg=cfg, config=config, options=options, inputs=inputs,
+        build_task=build_task, validation=pair_validation(pairs, device, precision) if pairs else None,
+        cache=a.cache, resume=a.resume, force=a.force, threads=a.threads,
+    )
+    return spec, RunSummary(
+        "finetune", verb="fine-tuned", what=f"{method} from {parent.name}",
+        what_done=f"{method} from {parent.name} ({parent.sha1[:10]})", redo="redo",
+        record={"method": method, "parent": parent_rec}, validation=best_metric("val_acc", "val acc"),
+    )
