@@ -22,12 +22,12 @@ from ..embed.model import AUTO_HELP, choose_backend
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
 from ..models import BACKBONES
+from ..progress import null_progress
 from ..protocols import EvalOptions, EvalProtocol
 from ..protocols.quality import face_quality
 from ..protocols.quality import write_csv as write_quality_csv
 from ..protocols.sources import AlignedFolder
 from ..results import EvalRecord, ResultsError
-from ..ui import null_progress
 from ..workspace import Workspace, git_commit, package_versions
 from ._common import handle_errors, state, workspace
 

@@ -23,7 +23,7 @@ from ..engine.signals import quiet_worker_init
 from ..engine.validate import forward as _forward_module
 from ..engine.validate import fuse
 from ..errors import LrfrError
-from ..ui import ProgressFn, null_progress
+from ..progress import ProgressFn, null_progress
 from .cache import EmbeddingCache
 from .model import LoadedModel
 

@@ -18,8 +18,8 @@ import torch
 
 from ..data.quality import laplacian_quality
 from ..errors import LrfrError
+from ..progress import ProgressFn, null_progress
 from ..protocols.sources import AlignedFolder
-from ..ui import ProgressFn, null_progress
 from .cache import EmbeddingCache
 from .extract import Variant, embed, pending
 from .model import LoadedModel
