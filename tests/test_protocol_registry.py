@@ -38,8 +38,8 @@ class FakeProtocol(EvalProtocol):
     options = ("pairs",)
 
     def plan(self, root: Path, opts: EvalOptions) -> Plan:
+        from lrfr_cli import metrics as M
         from lrfr_cli.embed import Variant
-        from lrfr_cli.protocols import metrics as M
 
         assert opts.pairs is not None
         pairs, _ = read_pairs(opts.pairs, image_prefix(root))

@@ -6,7 +6,7 @@ fusion), so a run's log compares with published curves. ``--val-sizes`` adds the
 the second face of every pair down-sampled (hr-lr, bicubic as ``lrfr eval``'s default), on the
 device. ``lrfr eval`` runs the full protocols. Both go through :func:`forward` (preprocessing, channel order,
 precision) and :func:`fuse` (flip test-time augmentation, L2 normalisation), and the threshold
-comes from :func:`lrfr_cli.protocols.metrics.best_threshold`: what validation picks ``best.pt``
+comes from :func:`lrfr_cli.metrics.best_threshold`: what validation picks ``best.pt``
 on is computed exactly as eval computes it.
 """
 
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import best_threshold, kfold_accuracy
 from ..models import preprocess
-from ..protocols.metrics import best_threshold, kfold_accuracy
 from .device import autocast
 
 if TYPE_CHECKING:

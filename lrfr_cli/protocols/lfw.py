@@ -146,9 +146,8 @@ def default_threshold_pairs(pairs_file: Path) -> Path | None:
 
 def verification_result(sc: Any, y: Any, kf: Any, fars: tuple[float, ...] = FARS) -> dict[str, Any]:
     """One size's numbers from pair scores ``sc``, labels ``y`` and the fold accuracy ``kf``
-    (a :class:`~lrfr_cli.protocols.metrics.KFoldResult`): what LFW and the ``.bin`` packs record."""
-    from ..results import compact_roc
-    from . import metrics as M
+    (a :class:`~lrfr_cli.metrics.KFoldResult`): what LFW and the ``.bin`` packs record."""
+    from .. import metrics as M
 
     return dict(
         accuracy=kf.accuracy,
@@ -157,7 +156,7 @@ def verification_result(sc: Any, y: Any, kf: Any, fars: tuple[float, ...] = FARS
         thresholds=kf.thresholds,
         auc=M.roc_auc(sc, y),
         tar_at_far={f"{f:g}": v for f, v in M.tar_at_far(sc, y, list(fars)).items()},
-        roc=compact_roc(*M.roc_curve(sc, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
+        roc=M.compact_roc(*M.roc_curve(sc, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
         mean_genuine=float(sc[y].mean()) if y.any() else None,
         mean_impostor=float(sc[~y].mean()) if (~y).any() else None,
     )
@@ -181,8 +180,8 @@ def plan_lfw(
 ) -> Plan:
     import numpy as np
 
+    from .. import metrics as M
     from ..embed import Variant
-    from . import metrics as M
     from . import quality as Q
 
     if setting not in SETTINGS:
