@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .. import protocols
 from ..data.degrade import METHOD_HELP, METHODS, UP_METHOD_HELP, UP_METHODS, parse_sizes
+from ..data.sources import AlignedFolder
 from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
 from ..embed.extract import with_sr
 from ..embed.model import AUTO_HELP, choose_backend
@@ -26,7 +27,6 @@ from ..progress import null_progress
 from ..protocols import EvalOptions, EvalProtocol
 from ..protocols.quality import face_quality
 from ..protocols.quality import write_csv as write_quality_csv
-from ..protocols.sources import AlignedFolder
 from ..results import EvalRecord, ResultsError
 from ..workspace import Workspace, git_commit, package_versions
 from ._common import handle_errors, state, workspace

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..data.quality import laplacian_quality
+from ..data.sources import AlignedFolder
 from ..errors import LrfrError
 from ..progress import ProgressFn, null_progress
-from ..protocols.sources import AlignedFolder
 from .cache import EmbeddingCache
 from .extract import Variant, embed, pending
 from .model import LoadedModel

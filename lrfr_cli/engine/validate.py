@@ -80,13 +80,9 @@ class PairSet:
     def from_bin(cls, pack: BinPack, channels: str = "rgb", size: int = 112) -> PairSet:
         """A ``.bin`` pack's faces decoded once (uint8: 2N × 3 × 112 × 112, 37.6 KB a face), with
         insightface's folds."""
-        from ..protocols.sources import _fit, letterbox
+        from ..data.sources import fit_face
 
-        def face(i: int) -> np.ndarray:
-            img = pack.decode(i, channels)
-            return _fit(img, size) if img.shape[0] == img.shape[1] else letterbox(img, size)
-
-        imgs = np.stack([face(i) for i in range(len(pack.bins))]).transpose(0, 3, 1, 2)
+        imgs = np.stack([fit_face(pack.decode(i, channels), size) for i in range(len(pack.bins))]).transpose(0, 3, 1, 2)
         index = np.arange(len(pack.bins), dtype=np.int64).reshape(-1, 2)
         return cls(torch.from_numpy(np.ascontiguousarray(imgs)), index, pack.issame.copy(), pack.name, pack.folds())
 

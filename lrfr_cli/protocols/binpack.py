@@ -64,10 +64,10 @@ class BinImages:
         return _PACKS[key]
 
     def load(self, rel: str) -> Any:
-        from .sources import _fit, letterbox
+        from ..data.sources import fit_face
 
         img = self.pack().decode(int(rel), self.channels)
-        return _fit(img, self.size) if img.shape[0] == img.shape[1] else letterbox(img, self.size)
+        return fit_face(img, self.size)
 
 
 def data_files(root: Path) -> list[Path]:

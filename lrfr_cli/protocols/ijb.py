@@ -233,7 +233,7 @@ class IjbCrops:
 
     def load(self, rel: str) -> np.ndarray:
         from ..data.images import ImageReadError, load_rgb
-        from .sources import warp_antialiased
+        from ..data.sources import warp_antialiased
 
         k = self.index.get(rel)
         if k is None:

@@ -333,7 +333,7 @@ class LfwLandmarks:
 
         from ..align.warp import umeyama
         from ..data.images import load_rgb
-        from .sources import warp_antialiased
+        from ..data.sources import warp_antialiased
 
         lm = self.landmarks.get(self.key(rel))
         if lm is None:
@@ -381,7 +381,7 @@ class LfwProtocol(EvalProtocol):
     def plan(self, root: Path, opts: EvalOptions) -> Plan:
         if not root.is_dir():
             raise LrfrError(f"LFW not found at {root}; expected layout: ROOT/lfw-deepfunneled/<Name>/<Name>_0001.jpg and ROOT/pairs.txt (pass --data ROOT)")
-        from .sources import LfwCenterCrop
+        from ..data.sources import LfwCenterCrop
 
         pairs_file = opts.pairs if opts.pairs is not None else root / "pairs.txt"
         # the centre-crop warp stands in until eval has chosen the alignment (--align)

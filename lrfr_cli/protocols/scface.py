@@ -85,9 +85,9 @@ def plan_scface(root: Path, landmarks_dir: Path, distances: list[int], input_siz
     import numpy as np
 
     from .. import metrics as M
+    from ..data.sources import LandmarkWarp
     from ..embed import Variant
     from .identification import identify
-    from .sources import LandmarkWarp
 
     if not (root / GALLERY_DIR).is_dir() or not (root / PROBE_DIR).is_dir():
         raise LrfrError(f"SCface not found at {root}; expected layout: {LAYOUT} (pass --data ROOT)")

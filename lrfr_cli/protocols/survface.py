@@ -81,8 +81,8 @@ def plan_survface(root: Path, input_size: int = 112) -> Plan:
     import numpy as np
 
     from .. import metrics as M
+    from ..data.sources import ResizedCrops
     from ..embed import Variant
-    from .sources import ResizedCrops
 
     base = root / SUB if (root / SUB).is_dir() else root
     img_dir = base / "verification_images"
