@@ -29,8 +29,8 @@ from torch import nn
 
 from . import __version__
 from .embed import LoadedModel
-from .engine.validate import forward as torch_forward
 from .errors import LrfrError
+from .models.forward import forward as torch_forward
 
 TOLERANCE = 1e-4
 """Max |onnxruntime - PyTorch| over L2-normalised embeddings (fp32 kernels differ in summation
