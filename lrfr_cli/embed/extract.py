@@ -25,7 +25,7 @@ from ..models.forward import forward as _forward_module
 from ..models.forward import fuse
 from ..progress import ProgressFn, null_progress
 from .cache import EmbeddingCache
-from .model import LoadedModel
+from .loaded import LoadedModel
 
 FLUSH_SECONDS = 10.0
 FLUSH_ENV = "LRFR_FLUSH_SECONDS"

@@ -22,7 +22,7 @@ from ..errors import LrfrError
 from ..progress import ProgressFn, null_progress
 from .cache import EmbeddingCache
 from .extract import Variant, embed, pending
-from .model import LoadedModel
+from .loaded import LoadedModel
 
 
 def folder_images(root: Path, size: int) -> AlignedFolder:
