@@ -23,7 +23,7 @@ from ..engine import load_checkpoint
 from ..errors import LrfrError
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
 from ..workspace import fingerprint_file
-from . import adaface
+from . import convert_adaface
 from .loaded import LoadedModel
 
 CHECKPOINT_CHOICES = ("auto", "best", "last")
@@ -184,11 +184,11 @@ def _load_external(path: Path, backbone: str | None, channel_order: str) -> Load
     ckpt = load_checkpoint(path)
     state = _clean_state(_extract_state(ckpt, path), path)
     layout = "insightface"
-    if adaface.is_adaface_layout(state):
-        state, detected, layout = adaface.convert(state)
+    if convert_adaface.is_adaface_layout(state):
+        state, detected, layout = convert_adaface.convert(state)
         if backbone and backbone.lower() != detected:
             raise LrfrError(
-                f"checkpoint {path} is a {adaface.LAYOUT_NAMES[layout]} {detected} (by its block count), not {backbone}; "
+                f"checkpoint {path} is a {convert_adaface.LAYOUT_NAMES[layout]} {detected} (by its block count), not {backbone}; "
                 f"use --backbone {detected}"
             )
         backbone = detected
@@ -198,7 +198,7 @@ def _load_external(path: Path, backbone: str | None, channel_order: str) -> Load
         if backbone is None:
             raise LrfrError(f"--model {path}: no registered backbone fits this state_dict; name it with --backbone ({', '.join(BACKBONES)})")
     if channel_order == "auto":
-        channel_order = adaface.CHANNEL_ORDER.get(layout, "rgb")
+        channel_order = convert_adaface.CHANNEL_ORDER.get(layout, "rgb")
     module = _build_and_load(backbone, emb, state, path)
     return LoadedModel(
         module=module,
