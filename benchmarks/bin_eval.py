@@ -32,16 +32,16 @@ import cv2
 import numpy as np
 import torch
 
+from lrfr_cli import metrics as M
 from lrfr_cli.data.binfile import read_bin
 from lrfr_cli.data.degrade import DegradeSpec, degrade_batch, parse_sizes
+from lrfr_cli.data.sources import LfwCenterCrop
 from lrfr_cli.embed import EmbeddingCache, LoadedModel, embed, forward
 from lrfr_cli.engine import resolve_device
 from lrfr_cli.models import build_backbone
-from lrfr_cli.protocols import metrics as M
 from lrfr_cli.protocols.base import EvalOptions
 from lrfr_cli.protocols.binpack import plan_bin
 from lrfr_cli.protocols.lfw import read_pairs
-from lrfr_cli.protocols.sources import LfwCenterCrop
 from lrfr_cli.workspace import Workspace
 
 

@@ -5,10 +5,10 @@ shared, *trained* MobileFace imported from ONNX, so the bf16 row also shows the 
 network) the same uint8 faces go through:
 
 - ``per-image``: torch fp32, one face per forward (the plain baseline every ratio refers to);
-- ``torch fp32``: batches through :func:`lrfr_cli.engine.validate.forward` (what eval does);
+- ``torch fp32``: batches through :func:`lrfr_cli.models.forward.forward` (what eval does);
 - ``torch bf16``: the same under bf16 autocast, only where the CPU has native bf16
   (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo); emulated bf16 is not a contender;
-- ``onnxruntime``: lrfr's own export of the network (:func:`lrfr_cli.export.to_onnx_bytes`),
+- ``onnxruntime``: lrfr's own export of the network (:func:`lrfr_cli.models.onnx_export.to_onnx_bytes`),
   run by :class:`lrfr_cli.embed.ort.OrtNet` as ``eval --backend onnxruntime`` does.
 
 Every backend's L2-normalised embeddings are compared with torch fp32's: a backend is *correct*
@@ -33,9 +33,9 @@ import torch
 
 from lrfr_cli.embed import LoadedModel
 from lrfr_cli.embed.ort import OrtNet
-from lrfr_cli.engine.validate import forward
-from lrfr_cli.export import to_onnx_bytes
 from lrfr_cli.models import build_backbone
+from lrfr_cli.models.forward import forward
+from lrfr_cli.models.onnx_export import to_onnx_bytes
 from lrfr_cli.models.onnx_import import InputContract, load_proto, read_contract, to_torch
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,6 @@ from .workspace import atomic_write_text
 SCHEMA_NAME = "lrfr.eval"
 SCHEMA_VERSION = 1
 SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
-ROC_MAX_POINTS = 200
-"""Upper bound on the ROC points stored per setting: enough for a smooth plot (log-FAR axis
-included), small enough that an eval JSON stays a few kB per size."""
 
 # Leading keys in this order (the rest keep eval's order): humans read the file top down.
 _FIRST = ("schema", "command", "dataset", "protocol")
@@ -215,38 +211,4 @@ def metric_help() -> str:
 METRIC_HELP = metric_help()
 
 
-# --------------------------------------------------------------------------- ROC for plots
-def compact_roc(fpr: Sequence[float], tpr: Sequence[float], max_points: int = ROC_MAX_POINTS,
-                keep_fars: Iterable[float] = (0.3, 0.1, 0.01, 0.001, 1e-4)) -> dict[str, list[float]]:
-    """A subset of a full ROC (``fpr``/``tpr`` non-decreasing, as ``metrics.roc_curve`` returns)
-    with at most ``max_points`` points, every one an actual operating point of the full curve.
-
-    Half the budget goes to FAR values log-spaced from the smallest non-zero FPR to 1 (the
-    SurvFace-style log axis), half to evenly spaced TAR values (the linear plot's knee); at each
-    FAR target the kept point is the best TAR at FPR <= target, so TAR@FAR read off the compact
-    curve at ``keep_fars`` equals the full curve's (to the 6 significant digits stored).
-    """
-    import numpy as np
-
-    f = np.asarray(fpr, dtype=np.float64)
-    t = np.asarray(tpr, dtype=np.float64)
-    if f.shape != t.shape or f.ndim != 1 or f.size == 0:
-        raise ValueError("fpr and tpr must be 1-d arrays of the same, non-zero length")
-    if max_points < 4:
-        raise ValueError("max_points must be at least 4")
-    if f.size <= max_points:
-        idx = np.arange(f.size)
-    else:
-        fars = list(keep_fars)
-        n_far = (max_points - 2 - len(fars)) // 2
-        n_tar = max_points - 2 - len(fars) - n_far
-        lo = f[f > 0].min() if (f > 0).any() else 1.0
-        targets = np.r_[np.geomspace(lo, 1.0, n_far), fars]
-        # last index with fpr <= target: both rates are non-decreasing, so it has the best TAR
-        i_far = np.searchsorted(f, targets + 1e-12, side="right") - 1
-        i_tar = np.searchsorted(t, np.linspace(0.0, 1.0, n_tar), side="left")
-        idx = np.unique(np.clip(np.r_[0, f.size - 1, i_far, i_tar], 0, f.size - 1))  # <= max_points by construction
-    return {"fpr": [float(f"{v:.6g}") for v in f[idx]], "tpr": [float(f"{v:.6g}") for v in t[idx]]}
-
-
-__all__ = ["METRIC_HELP", "SCHEMA", "SCHEMA_VERSION", "EvalRecord", "Metric", "ResultsError", "compact_roc", "metric_help"]
+__all__ = ["METRIC_HELP", "SCHEMA", "SCHEMA_VERSION", "EvalRecord", "Metric", "ResultsError", "metric_help"]

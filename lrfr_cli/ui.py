@@ -1,8 +1,8 @@
 """Rendering for commands: summaries, JSON output, progress bars.
 
-Library layers never print; they accept a ``progress`` callback (see :data:`ProgressFn`) that
-commands create here. Keeping the rendering in one module gives every command the same look and
-the same ``--json`` / ``--quiet`` behaviour.
+Library layers never print; they accept a ``progress`` callback (see
+:class:`lrfr_cli.progress.ProgressFn`) that commands create here. Keeping the rendering in one
+module gives every command the same look and the same ``--json`` / ``--quiet`` behaviour.
 """
 
 from __future__ import annotations
@@ -12,23 +12,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-
-class ProgressFn(Protocol):
-    """Progress callback handed to library code: ``progress(advance=1, total=None, **info)``.
-
-    ``total`` (re)sets the bar length, ``info`` values (loss, lr, ...) are shown after the bar.
-    """
-
-    def __call__(self, advance: int = 1, total: int | None = None, **info: Any) -> None: ...
-
-
-def null_progress(advance: int = 1, total: int | None = None, **info: Any) -> None:
-    """A progress callback that does nothing (library default)."""
+from .progress import ProgressFn, null_progress
 
 
 @dataclass

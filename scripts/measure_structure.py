@@ -99,16 +99,22 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     sys.setrecursionlimit(10000)
 
     def visit(v):
-        index[v] = low[v] = n[0]; n[0] += 1; stack.append(v); on.add(v)
+        index[v] = low[v] = n[0]
+        n[0] += 1
+        stack.append(v)
+        on.add(v)
         for w in edges(v):
             if w not in index:
-                visit(w); low[v] = min(low[v], low[w])
+                visit(w)
+                low[v] = min(low[v], low[w])
             elif w in on:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
             comp = []
             while True:
-                w = stack.pop(); on.discard(w); comp.append(w)
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
                 if w == v:
                     break
             if len(comp) > 1:

@@ -69,8 +69,8 @@ def png(img: np.ndarray) -> bytes:
 def lfw_pack(tmp_path_factory, data_dir: Path) -> tuple[Path, list[bytes], list[bool]]:
     """A pack of real LFW faces (centre-crop aligned, JPEG by Pillow), 10 folds x (3 same + 3 different)
     View-2 pairs, written by a plain ``pickle.dump`` as insightface's scripts write them."""
+    from lrfr_cli.data.sources import LfwCenterCrop
     from lrfr_cli.protocols.lfw import read_pairs
-    from lrfr_cli.protocols.sources import LfwCenterCrop
 
     lines = (data_dir / "lfw" / "pairs.txt").read_text().splitlines()[1:]
     body = [ln for f in range(10) for ln in lines[f * 600 : f * 600 + 3] + lines[f * 600 + 300 : f * 600 + 303]]

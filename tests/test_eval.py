@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from lrfr_cli.data.degrade import DegradeSpec, degrade_array
+from lrfr_cli.data.sources import LFW_DEEPFUNNELED_LANDMARKS, LfwCenterCrop
 from lrfr_cli.embed import extract
 from lrfr_cli.embed.model import resolve_model
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.models import build_backbone
-from lrfr_cli.protocols.sources import LFW_DEEPFUNNELED_LANDMARKS, LfwCenterCrop
 
 
 def pixel_embedding(x: torch.Tensor) -> torch.Tensor:

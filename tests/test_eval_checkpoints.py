@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrfr_cli.embed import adaface, extract
+from lrfr_cli.embed import convert_adaface, extract
 from lrfr_cli.embed.model import resolve_model
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.models import build_backbone
@@ -177,10 +177,10 @@ def test_evolve_ir50_checkpoint_gives_the_same_embeddings(tmp_path: Path) -> Non
 def test_evolve_variants_we_cannot_load_say_so() -> None:
     sd, _ = _evolve_ir50_state()
     with pytest.raises(LrfrError, match="IR-SE"):  # IR_SE_50: an SEModule closes every residual branch
-        adaface.convert(dict(sd, **{"body.0.res_layer.5.fc1.weight": torch.zeros(4, 64, 1, 1)}))
+        convert_adaface.convert(dict(sd, **{"body.0.res_layer.5.fc1.weight": torch.zeros(4, 64, 1, 1)}))
     with pytest.raises(LrfrError, match="112x112-input"):  # Backbone([224, 224], ...)
-        adaface.convert(dict(sd, **{"output_layer.3.weight": torch.zeros(1).expand(512, 512 * 14 * 14)}))
+        convert_adaface.convert(dict(sd, **{"output_layer.3.weight": torch.zeros(1).expand(512, 512 * 14 * 14)}))
     with pytest.raises(LrfrError, match=r"face\.evoLVe-layout checkpoint with 23 residual blocks"):
-        adaface.convert({k: v for k, v in sd.items() if not k.startswith("body.23.")})
+        convert_adaface.convert({k: v for k, v in sd.items() if not k.startswith("body.23.")})
     with pytest.raises(LrfrError, match="neither AdaFace's 6-module"):
-        adaface.convert({k: v for k, v in sd.items() if ".res_layer.4." not in k})
+        convert_adaface.convert({k: v for k, v in sd.items() if ".res_layer.4." not in k})

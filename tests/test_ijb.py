@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from lrfr_cli.data.images import load_rgb
+from lrfr_cli.data.sources import LFW_DEEPFUNNELED_LANDMARKS
 from lrfr_cli.embed import extract
 from lrfr_cli.models import build_backbone
 from lrfr_cli.protocols import ijb
-from lrfr_cli.protocols.sources import LFW_DEEPFUNNELED_LANDMARKS
 
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]])
 

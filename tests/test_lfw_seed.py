@@ -15,11 +15,11 @@ from PIL import Image
 
 from lrfr_cli.data.degrade import DegradeSpec, degrade_array
 from lrfr_cli.data.images import load_rgb
+from lrfr_cli.data.sources import LfwCenterCrop
 from lrfr_cli.embed import extract
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.models import build_backbone
 from lrfr_cli.protocols.lfw import LfwLandmarks, read_lfw_landmarks
-from lrfr_cli.protocols.sources import LfwCenterCrop
 
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]])
 NAME = "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"

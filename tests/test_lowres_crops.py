@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
+from lrfr_cli.data.sources import ResizedCrops, letterbox, letterbox_shape
 from lrfr_cli.protocols import survface, tinyface
-from lrfr_cli.protocols.sources import ResizedCrops, letterbox, letterbox_shape
 
 
 def _crop(h: int, w: int, seed: int = 0) -> np.ndarray:

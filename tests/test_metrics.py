@@ -8,8 +8,8 @@ from sklearn.metrics import auc as sk_auc
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+from lrfr_cli import metrics as M
 from lrfr_cli.errors import LrfrError
-from lrfr_cli.protocols import metrics as M
 
 
 def _scores(n: int, seed: int, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -198,7 +198,7 @@ def test_hand_made_graph_every_weight_a_parameter_bn_stats_stay(tmp_path, layout
 def test_lrfr_export_of_a_tiny_net_converts_back(tmp_path, layout):
     """lrfr's own export (BN statistics moved off their init so they matter) → torch again equals the net."""
     from lrfr_cli.embed import LoadedModel
-    from lrfr_cli.export import metadata, to_onnx_bytes, with_metadata
+    from lrfr_cli.models.onnx_export import metadata, to_onnx_bytes, with_metadata
 
     net = build_backbone("tiny", 48)
     g = torch.Generator().manual_seed(0)
@@ -300,7 +300,7 @@ def test_converted_graph_exports_again_whatever_the_import_order(data_dir):
         "import torchvision.ops\n"
         "from pathlib import Path\n"
         "from lrfr_cli.embed import LoadedModel\n"
-        "from lrfr_cli.export import to_onnx_bytes\n"
+        "from lrfr_cli.models.onnx_export import to_onnx_bytes\n"
         "from lrfr_cli.models import onnx_import as oi\n"
         f"p = Path({str(path)!r})\n"
         "m = oi.load_proto(p)\n"

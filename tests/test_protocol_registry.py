@@ -21,9 +21,9 @@ from sklearn.metrics import roc_auc_score
 from test_eval import _make_run, counter, lfw_small, pixel_embedding  # noqa: F401 - fixtures
 
 from lrfr_cli import protocols
+from lrfr_cli.data.sources import LfwCenterCrop
 from lrfr_cli.protocols.base import EvalOptions, EvalProtocol, MetricRow, Plan
 from lrfr_cli.protocols.lfw import image_prefix, read_pairs
-from lrfr_cli.protocols.sources import LfwCenterCrop
 from lrfr_cli.results import EvalRecord
 
 BUILTIN = ["lfw", "scface", "survface", "tinyface", "bin", "ijbb", "ijbc"]
@@ -38,8 +38,8 @@ class FakeProtocol(EvalProtocol):
     options = ("pairs",)
 
     def plan(self, root: Path, opts: EvalOptions) -> Plan:
+        from lrfr_cli import metrics as M
         from lrfr_cli.embed import Variant
-        from lrfr_cli.protocols import metrics as M
 
         assert opts.pairs is not None
         pairs, _ = read_pairs(opts.pairs, image_prefix(root))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from lrfr_cli.data.sources import LfwCenterCrop
 from lrfr_cli.embed import Variant
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.protocols import lfw, scface, survface, tinyface
-from lrfr_cli.protocols.sources import LfwCenterCrop
 
 
 class FakeEmb:
@@ -297,7 +297,7 @@ def test_landmark_warp_of_a_huge_photo_matches_the_small_one(data_dir: Path) -> 
 
     from lrfr_cli.align.warp import warp_face
     from lrfr_cli.data.images import load_rgb
-    from lrfr_cli.protocols.sources import LFW_DEEPFUNNELED_LANDMARKS, warp_antialiased
+    from lrfr_cli.data.sources import LFW_DEEPFUNNELED_LANDMARKS, warp_antialiased
 
     img = load_rgb(data_dir / "lfw" / "lfw-deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")
     big = cv2.resize(img, (2000, 2000), interpolation=cv2.INTER_CUBIC)

@@ -109,7 +109,7 @@ def test_eval_record_quality_and_report_plot(cli, ws, data_dir, tmp_path) -> Non
     rows = list(csv.DictReader(open(per_face)))
     assert {x["variant"] for x in rows} == {"hr", "8px_bicubic"}
     # per-face Laplacian of what the network saw: the centre-crop face, and its 8-px copy brought back
-    from lrfr_cli.protocols.sources import LfwCenterCrop
+    from lrfr_cli.data.sources import LfwCenterCrop
 
     for row in rows[:: max(1, len(rows) // 6)]:
         face = LfwCenterCrop(data_dir / "lfw").load(row["image"])

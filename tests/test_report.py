@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from lrfr_cli.protocols import metrics as M
+from lrfr_cli import metrics as M
 from lrfr_cli.report.plots import SIZE_PX
-from lrfr_cli.results import SCHEMA, EvalRecord, ResultsError, compact_roc
+from lrfr_cli.results import SCHEMA, EvalRecord, ResultsError
 
 SIZES = (8, 16, 112)
 RUNS = {"arc": ("arcface", 0.0), "ada": ("adaface", 0.4)}  # run: (loss, extra score separation)
@@ -39,7 +39,7 @@ def _lfw_results(rng: np.random.Generator, extra: float) -> dict:
         f, t, _ = roc_curve(y, sc, drop_intermediate=False)
         out[str(s)] = {"size": s, "accuracy": float(np.mean((sc > 0.8) == y)), "accuracy_std": 0.01,
                        "auc": float(roc_auc_score(y, sc)), "tar_at_far": {"0.01": float(t[f <= 0.01].max()), "0.001": float(t[f <= 0.001].max())},
-                       "roc": compact_roc(f, t)}
+                       "roc": M.compact_roc(f, t)}
     return out
 
 
@@ -79,7 +79,7 @@ def make_workspace(ws: Path, training: bool = True) -> dict[str, dict[str, Path]
         f, t, _ = roc_curve(y, sc, drop_intermediate=False)
         files[run]["survface"] = EvalRecord.build(dataset="survface", protocol="SurvFace", protocol_info={}, model=m, results={
             "native": {"auc": float(roc_auc_score(y, sc)), "tar_at_far": {k: float(t[f <= float(k)].max()) for k in ("0.3", "0.1", "0.01", "0.001")},
-                       "roc": compact_roc(f, t)}}).save(ev / "survface.json")
+                       "roc": M.compact_roc(f, t)}}).save(ev / "survface.json")
     return files
 
 
@@ -95,7 +95,7 @@ def test_compact_roc_is_a_subset_of_the_sklearn_curve_with_exact_tar_at_far() ->
     s = np.round(rng.normal(size=6000) + 1.2 * y, 3)  # rounding makes ties
     f, t, _ = roc_curve(y, s, drop_intermediate=False)
     fl, tl, _ = M.roc_curve(s, y)
-    roc = compact_roc(fl, tl)
+    roc = M.compact_roc(fl, tl)
     cf, ct = np.array(roc["fpr"]), np.array(roc["tpr"])
     assert 100 < len(cf) <= 200 and cf[0] == 0 and ct[0] == 0 and cf[-1] == 1 and ct[-1] == 1
     assert np.all(np.diff(cf) >= 0) and np.all(np.diff(ct) >= 0)
@@ -107,7 +107,7 @@ def test_compact_roc_is_a_subset_of_the_sklearn_curve_with_exact_tar_at_far() ->
         assert ct[cf <= far + 1e-12].max() == pytest.approx(t[f <= far].max(), abs=1e-6)
     # chord error of a monotone curve is at most (largest TPR step kept) x (FPR span)
     assert abs(np.trapezoid(ct, cf) - roc_auc_score(y, s)) <= np.diff(ct).max() + 1e-9
-    short = compact_roc([0.0, 0.5, 1.0], [0.0, 0.7, 1.0])
+    short = M.compact_roc([0.0, 0.5, 1.0], [0.0, 0.7, 1.0])
     assert short == {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.7, 1.0]}
 
 

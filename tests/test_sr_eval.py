@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from lrfr_cli.data.degrade import DegradeSpec, degrade_array
+from lrfr_cli.data.sources import LfwCenterCrop
 from lrfr_cli.embed import extract
 from lrfr_cli.models import build_backbone
 from lrfr_cli.models.sr import SRCNN
-from lrfr_cli.protocols.sources import LfwCenterCrop
 
 
 def pixel_embedding(x: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..data.images import IMAGE_EXTS, list_images
 from ..errors import LrfrError
-from ..ui import ProgressFn, null_progress
+from ..progress import ProgressFn, null_progress
 from .aligner import Aligner, FaceRecord, ImageResult, rounded_list
 from .decode import Decoded, image_size
 from .journal import JOURNAL, Journal, read_landmarks

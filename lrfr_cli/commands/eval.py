@@ -16,17 +16,17 @@ from rich.table import Table
 
 from .. import protocols
 from ..data.degrade import METHOD_HELP, METHODS, UP_METHOD_HELP, UP_METHODS, parse_sizes
+from ..data.sources import AlignedFolder
 from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
 from ..embed.extract import with_sr
 from ..embed.model import AUTO_HELP, choose_backend
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
+from ..progress import null_progress
 from ..protocols import EvalOptions, EvalProtocol
 from ..protocols.quality import face_quality
 from ..protocols.quality import write_csv as write_quality_csv
-from ..protocols.sources import AlignedFolder
 from ..results import EvalRecord, ResultsError
-from ..ui import null_progress
 from ..workspace import Workspace, git_commit, package_versions
 from . import _options as opt
 from ._common import handle_errors, state, workspace

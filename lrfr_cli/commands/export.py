@@ -41,7 +41,8 @@ def export_cmd(
     ws = workspace()
     # Heavy imports after option checks: a typo should not wait for torch.
     from ..embed import resolve_model
-    from ..export import LAYOUTS, TOLERANCE, export, load_faces
+    from ..export import TOLERANCE, export, load_faces
+    from ..models.onnx_export import LAYOUTS
     from ..workspace import atomic_write_bytes
 
     layout = layout.strip().lower()

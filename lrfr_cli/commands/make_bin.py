@@ -28,7 +28,7 @@ def _encode(path: Path, size: int, encoding: str, quality: int) -> tuple[bytes, 
 
     from ..data.binfile import decode_image
     from ..data.images import ImageReadError, load_rgb
-    from ..protocols.sources import _fit, letterbox
+    from ..data.sources import fit_face
 
     raw = path.read_bytes()
     img = None
@@ -46,7 +46,7 @@ def _encode(path: Path, size: int, encoding: str, quality: int) -> tuple[bytes, 
             raise LrfrError(f"{path}: {e}") from None
     resized = img.shape[:2] != (size, size)
     if resized:
-        img = _fit(img, size) if img.shape[0] == img.shape[1] else letterbox(img, size)
+        img = fit_face(img, size)
     bgr = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)  # OpenCV encodes BGR: the file gets true colours
     params = [cv2.IMWRITE_PNG_COMPRESSION, 3] if encoding == "png" else [cv2.IMWRITE_JPEG_QUALITY, quality]
     ok, buf = cv2.imencode(".png" if encoding == "png" else ".jpg", bgr, params)

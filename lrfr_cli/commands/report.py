@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 
 from ..errors import LrfrError
+from ..progress import null_progress
 from ..results import METRIC_HELP
-from ..ui import State, null_progress
+from ..ui import State
 from ._common import handle_errors, state, workspace
 
 FORMATS = ("table", "md", "csv", "json")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..ui import ProgressFn, null_progress
+from ..progress import ProgressFn, null_progress
 from ..workspace import atomic_path
 from .degrade import DegradeSpec, degrade_array
 from .images import ImageReadError, load_rgb, save_rgb

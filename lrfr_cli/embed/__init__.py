@@ -2,7 +2,8 @@
 
 from .cache import EmbeddingCache
 from .extract import Embeddings, EmbedStats, ImageSet, Variant, embed, forward, pending
-from .model import CHECKPOINT_CHOICES, LoadedModel, resolve_model
+from .loaded import LoadedModel
+from .model import CHECKPOINT_CHOICES, resolve_model
 
 __all__ = [
     "CHECKPOINT_CHOICES",

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.degrade import DegradeSpec, degrade_batch, key_generator
 from ..data.images import ImageReadError
 from ..engine.signals import quiet_worker_init
-from ..engine.validate import forward as _forward_module
-from ..engine.validate import fuse
 from ..errors import LrfrError
-from ..ui import ProgressFn, null_progress
+from ..models.forward import forward as _forward_module
+from ..models.forward import fuse
+from ..progress import ProgressFn, null_progress
 from .cache import EmbeddingCache
-from .model import LoadedModel
+from .loaded import LoadedModel
 
 FLUSH_SECONDS = 10.0
 FLUSH_ENV = "LRFR_FLUSH_SECONDS"
@@ -145,7 +145,7 @@ def _collate(batch: list[tuple[int, torch.Tensor, str]]) -> tuple[list[int], lis
 def forward(model: LoadedModel, x: torch.Tensor, precision: str) -> torch.Tensor:
     """uint8 B×3×H×W (RGB) → raw float32 embeddings, in the model's channel order.
 
-    A thin adapter: the network runs in :func:`lrfr_cli.engine.validate.forward`, the one
+    A thin adapter: the network runs in :func:`lrfr_cli.models.forward.forward`, the one
     forward that training validation uses too. An onnxruntime model
     (:class:`~lrfr_cli.embed.ort.OrtNet`) takes the uint8 faces itself, so its input is made from
     the pixels exactly as the file's contract says.

@@ -1,4 +1,4 @@
-"""ONNX models as :class:`~lrfr_cli.embed.model.LoadedModel`: a user's file (either backend) and
+"""ONNX models as :class:`~lrfr_cli.embed.loaded.LoadedModel`: a user's file (either backend) and
 our runs exported on the fly for the onnxruntime backend."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import LrfrError
+from ..models.onnx_export import INPUT_NAME, OUTPUT_NAME, metadata, to_onnx_bytes, with_metadata
 from ..models.onnx_import import InputContract, load_proto, read_contract, sha256_file, to_torch
 from ..workspace import atomic_write_bytes, fingerprint_file
-from .model import LoadedModel
+from .loaded import LoadedModel
 
 
 def load_onnx(path: Path, *, channel_order: str = "auto", layout: str | None = None, pixel_mean: str | None = None,
@@ -44,8 +45,6 @@ def load_onnx(path: Path, *, channel_order: str = "auto", layout: str | None = N
 
 def standard_contract(loaded: LoadedModel, layout: str = "nchw") -> InputContract:
     """The contract of lrfr's own export of ``loaded`` ((x − 127.5)/127.5, its channel order)."""
-    from ..export import INPUT_NAME, OUTPUT_NAME
-
     return InputContract(layout=layout, channel_order=loaded.channel_order, mean=(127.5,) * 3, std=(127.5,) * 3,
                          size=loaded.input_size, embedding_size=loaded.embedding_size, input_name=INPUT_NAME,
                          output_name=OUTPUT_NAME, sources={"all": "lrfr export"})
@@ -54,8 +53,6 @@ def standard_contract(loaded: LoadedModel, layout: str = "nchw") -> InputContrac
 def exported_to_ort(loaded: LoadedModel, cache: Path | None, device: str = "cpu") -> LoadedModel:
     """``loaded`` (a run or checkpoint) exported to ONNX, run by onnxruntime; the export is kept
     at ``cache/<cache_id>.onnx`` so the next eval reuses it (an unreadable cached file is redone)."""
-    from ..export import metadata as export_metadata
-    from ..export import to_onnx_bytes, with_metadata
     from .ort import OrtNet
 
     if loaded.source == "onnx":
@@ -70,7 +67,7 @@ def exported_to_ort(loaded: LoadedModel, cache: Path | None, device: str = "cpu"
         except LrfrError:
             data = None
     if data is None:
-        data = with_metadata(to_onnx_bytes(loaded), {**export_metadata(loaded), "parity": "not checked (exported for eval --backend onnxruntime)"})
+        data = with_metadata(to_onnx_bytes(loaded), {**metadata(loaded), "parity": "not checked (exported for eval --backend onnxruntime)"})
         if target is not None:
             atomic_write_bytes(target, data)
         module = OrtNet(data, contract, device)

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from ..data.quality import laplacian_quality
+from ..data.sources import AlignedFolder
 from ..errors import LrfrError
-from ..protocols.sources import AlignedFolder
-from ..ui import ProgressFn, null_progress
+from ..progress import ProgressFn, null_progress
 from .cache import EmbeddingCache
 from .extract import Variant, embed, pending
-from .model import LoadedModel
+from .loaded import LoadedModel
 
 
 def folder_images(root: Path, size: int) -> AlignedFolder:

@@ -1,13 +1,14 @@
-"""Pair verification during training (to pick ``best.pt``), and the one embedding forward.
+"""Pair verification during training (to pick ``best.pt``).
 
 ``--val-pairs`` accuracy is at the best threshold over all pairs, i.e. optimistic; ``--val-bin``
 packs are scored as peers score them during training (insightface's 10 contiguous folds, flip
 fusion), so a run's log compares with published curves. ``--val-sizes`` adds the same sets with
 the second face of every pair down-sampled (hr-lr, bicubic as ``lrfr eval``'s default), on the
-device. ``lrfr eval`` runs the full protocols. Both go through :func:`forward` (preprocessing, channel order,
-precision) and :func:`fuse` (flip test-time augmentation, L2 normalisation), and the threshold
-comes from :func:`lrfr_cli.protocols.metrics.best_threshold`: what validation picks ``best.pt``
-on is computed exactly as eval computes it.
+device. ``lrfr eval`` runs the full protocols. Both go through
+:func:`lrfr_cli.models.forward.forward` (preprocessing, channel order, precision) and
+:func:`~lrfr_cli.models.forward.fuse` (flip test-time augmentation, L2 normalisation), and the
+threshold comes from :func:`lrfr_cli.metrics.best_threshold`: what validation picks ``best.pt`` on
+is computed exactly as eval computes it.
 """
 
 from __future__ import annotations
@@ -19,40 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..models import preprocess
-from ..protocols.metrics import best_threshold, kfold_accuracy
-from .device import autocast
+from ..metrics import best_threshold, kfold_accuracy
+from ..models.forward import forward, fuse
 
 if TYPE_CHECKING:
     from ..data.binfile import BinPack
-
-
-def forward(module: nn.Module, x: torch.Tensor, precision: str = "fp32", channel_order: str = "rgb") -> torch.Tensor:
-    """uint8 RGB ``B×3×H×W`` → raw (un-normalised) float32 embeddings of one view.
-
-    Raw, because the eval cache keeps the plain and mirrored views apart and :func:`fuse` adds
-    them before normalising. ``channel_order="bgr"`` serves networks trained on BGR input.
-    """
-    if channel_order == "bgr":
-        x = x.flip(1)
-    with torch.inference_mode(), autocast(x.device, precision):
-        out = module(preprocess(x))
-    if isinstance(out, (tuple, list)):  # networks that also return a norm or logits
-        out = out[0]
-    return out.float()
-
-
-def fuse(e: torch.Tensor, e_flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Flip TTA + L2: the sum of a face's and its mirror image's raw embeddings, at unit length.
-
-    Summing *raw* embeddings (not normalised ones) is the insightface/facenet convention, so a
-    confident view weighs more than an uncertain one.
-    """
-    e = e.float() if e_flip is None else e.float() + e_flip.float()
-    return F.normalize(e, dim=1)
 
 
 @dataclass
@@ -80,13 +54,9 @@ class PairSet:
     def from_bin(cls, pack: BinPack, channels: str = "rgb", size: int = 112) -> PairSet:
         """A ``.bin`` pack's faces decoded once (uint8: 2N × 3 × 112 × 112, 37.6 KB a face), with
         insightface's folds."""
-        from ..protocols.sources import _fit, letterbox
+        from ..data.sources import fit_face
 
-        def face(i: int) -> np.ndarray:
-            img = pack.decode(i, channels)
-            return _fit(img, size) if img.shape[0] == img.shape[1] else letterbox(img, size)
-
-        imgs = np.stack([face(i) for i in range(len(pack.bins))]).transpose(0, 3, 1, 2)
+        imgs = np.stack([fit_face(pack.decode(i, channels), size) for i in range(len(pack.bins))]).transpose(0, 3, 1, 2)
         index = np.arange(len(pack.bins), dtype=np.int64).reshape(-1, 2)
         return cls(torch.from_numpy(np.ascontiguousarray(imgs)), index, pack.issame.copy(), pack.name, pack.folds())
 

@@ -6,7 +6,7 @@ packs: 10 folds of contiguous pairs (``KFold(10, shuffle=False)``), the threshol
 and accuracy measured on the tenth, mean ± std (population) over folds; ``--flip`` adds the
 mirrored face's raw embedding before normalising. One difference, on purpose: insightface scans
 a fixed grid of 400 squared-distance thresholds, lrfr takes the exact best threshold between
-distinct scores (:func:`~lrfr_cli.protocols.metrics.best_threshold`), so a fold's accuracy can be
+distinct scores (:func:`~lrfr_cli.metrics.best_threshold`), so a fold's accuracy can be
 a hair higher, never the grid's rounding. AUC and TAR@FAR use all pairs of the file together.
 
 Low resolution works as for LFW: ``--setting hr-lr`` keeps the FIRST face of each pair (index
@@ -64,10 +64,10 @@ class BinImages:
         return _PACKS[key]
 
     def load(self, rel: str) -> Any:
-        from .sources import _fit, letterbox
+        from ..data.sources import fit_face
 
         img = self.pack().decode(int(rel), self.channels)
-        return _fit(img, self.size) if img.shape[0] == img.shape[1] else letterbox(img, self.size)
+        return fit_face(img, self.size)
 
 
 def data_files(root: Path) -> list[Path]:
@@ -88,9 +88,9 @@ def data_files(root: Path) -> list[Path]:
 
 
 def plan_bin(path: Path, opts: EvalOptions) -> Plan:
+    from .. import metrics as M
     from ..data.binfile import check_channels, read_bin
     from ..embed import Variant
-    from . import metrics as M
     from .lfw import verification_result
 
     channels = check_channels(opts.bin_channels)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics as M
+from .. import metrics as M
 
 
 def average_precisions(sim: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:

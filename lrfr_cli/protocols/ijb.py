@@ -233,7 +233,7 @@ class IjbCrops:
 
     def load(self, rel: str) -> np.ndarray:
         from ..data.images import ImageReadError, load_rgb
-        from .sources import warp_antialiased
+        from ..data.sources import warp_antialiased
 
         k = self.index.get(rel)
         if k is None:
@@ -259,9 +259,8 @@ def plan_ijb(root: Path, prefix: str, *, setting: str, sizes: list[int], input_s
              blur: float = 0.0, noise: float = 0.0, jpeg: int | None = None, seed: int = 0, up_method: str = "bicubic") -> Plan:
     import numpy as np
 
+    from .. import metrics as M
     from ..embed import Variant
-    from ..results import compact_roc
-    from . import metrics as M
 
     if setting not in SETTINGS:
         raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
@@ -324,7 +323,7 @@ def plan_ijb(root: Path, prefix: str, *, setting: str, sizes: list[int], input_s
                 "crops": len(meta.names),
                 "tar_at_far": {f"{f:g}": v for f, v in M.tar_at_far(sc, y, list(FARS)).items()},
                 "auc": M.auc(fpr, tpr),
-                "roc": compact_roc(fpr, tpr, keep_fars=FARS),
+                "roc": M.compact_roc(fpr, tpr, keep_fars=FARS),
                 "mean_genuine": float(sc[y].mean()) if y.any() else None,
                 "mean_impostor": float(sc[~y].mean()) if (~y).any() else None,
             }

@@ -146,9 +146,8 @@ def default_threshold_pairs(pairs_file: Path) -> Path | None:
 
 def verification_result(sc: Any, y: Any, kf: Any, fars: tuple[float, ...] = FARS) -> dict[str, Any]:
     """One size's numbers from pair scores ``sc``, labels ``y`` and the fold accuracy ``kf``
-    (a :class:`~lrfr_cli.protocols.metrics.KFoldResult`): what LFW and the ``.bin`` packs record."""
-    from ..results import compact_roc
-    from . import metrics as M
+    (a :class:`~lrfr_cli.metrics.KFoldResult`): what LFW and the ``.bin`` packs record."""
+    from .. import metrics as M
 
     return dict(
         accuracy=kf.accuracy,
@@ -157,7 +156,7 @@ def verification_result(sc: Any, y: Any, kf: Any, fars: tuple[float, ...] = FARS
         thresholds=kf.thresholds,
         auc=M.roc_auc(sc, y),
         tar_at_far={f"{f:g}": v for f, v in M.tar_at_far(sc, y, list(fars)).items()},
-        roc=compact_roc(*M.roc_curve(sc, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
+        roc=M.compact_roc(*M.roc_curve(sc, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
         mean_genuine=float(sc[y].mean()) if y.any() else None,
         mean_impostor=float(sc[~y].mean()) if (~y).any() else None,
     )
@@ -181,8 +180,8 @@ def plan_lfw(
 ) -> Plan:
     import numpy as np
 
+    from .. import metrics as M
     from ..embed import Variant
-    from . import metrics as M
     from . import quality as Q
 
     if setting not in SETTINGS:
@@ -334,7 +333,7 @@ class LfwLandmarks:
 
         from ..align.warp import umeyama
         from ..data.images import load_rgb
-        from .sources import warp_antialiased
+        from ..data.sources import warp_antialiased
 
         lm = self.landmarks.get(self.key(rel))
         if lm is None:
@@ -382,7 +381,7 @@ class LfwProtocol(EvalProtocol):
     def plan(self, root: Path, opts: EvalOptions) -> Plan:
         if not root.is_dir():
             raise LrfrError(f"LFW not found at {root}; expected layout: ROOT/lfw-deepfunneled/<Name>/<Name>_0001.jpg and ROOT/pairs.txt (pass --data ROOT)")
-        from .sources import LfwCenterCrop
+        from ..data.sources import LfwCenterCrop
 
         pairs_file = opts.pairs if opts.pairs is not None else root / "pairs.txt"
         # the centre-crop warp stands in until eval has chosen the alignment (--align)

@@ -11,7 +11,7 @@ same similarity warp as ``lrfr align``, so rank-1 is comparable with that paper.
 1 = 4.20 m (smallest faces), 2 = 2.60 m, 3 = 1.00 m.
 
 A mugshot that ties the true one counts against the probe (see
-:func:`lrfr_cli.protocols.metrics.true_match_ranks`; noted as ``rank_ties`` in the eval JSON).
+:func:`lrfr_cli.metrics.true_match_ranks`; noted as ``rank_ties`` in the eval JSON).
 """
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ def _index(folder: Path) -> dict[str, str]:
 def plan_scface(root: Path, landmarks_dir: Path, distances: list[int], input_size: int = 112) -> Plan:
     import numpy as np
 
+    from .. import metrics as M
+    from ..data.sources import LandmarkWarp
     from ..embed import Variant
-    from . import metrics as M
     from .identification import identify
-    from .sources import LandmarkWarp
 
     if not (root / GALLERY_DIR).is_dir() or not (root / PROBE_DIR).is_dir():
         raise LrfrError(f"SCface not found at {root}; expected layout: {LAYOUT} (pass --data ROOT)")

@@ -80,10 +80,9 @@ def read_pairs_mat(path: Path, key: str) -> list[tuple[str, str]]:
 def plan_survface(root: Path, input_size: int = 112) -> Plan:
     import numpy as np
 
+    from .. import metrics as M
+    from ..data.sources import ResizedCrops
     from ..embed import Variant
-    from ..results import compact_roc
-    from . import metrics as M
-    from .sources import ResizedCrops
 
     base = root / SUB if (root / SUB).is_dir() else root
     img_dir = base / "verification_images"
@@ -109,7 +108,7 @@ def plan_survface(root: Path, input_size: int = 112) -> Plan:
                 "negative": len(neg),
                 "auc": M.roc_auc(s, y),
                 "tar_at_far": {f"{f:g}": v for f, v in M.tar_at_far(s, y, list(FARS)).items()},
-                "roc": compact_roc(*M.roc_curve(s, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
+                "roc": M.compact_roc(*M.roc_curve(s, y)[:2]),  # <= 200 points, for `lrfr report`'s ROC plots
             }
         }
 

@@ -43,9 +43,9 @@ def _label(rel: str) -> str:
 
 def plan_tinyface(root: Path, input_size: int = 112, distractors: bool = True) -> Plan:
     from ..data.images import list_images
+    from ..data.sources import ResizedCrops
     from ..embed import Variant
     from .identification import identify
-    from .sources import ResizedCrops
 
     base = root / "Testing_Set" if (root / "Testing_Set").is_dir() else root
     probe_dir, match_dir, dis_dir = base / "Probe", base / "Gallery_Match", base / "Gallery_Distractor"

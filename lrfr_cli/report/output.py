@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LrfrError
-from ..ui import ProgressFn, null_progress
+from ..progress import ProgressFn, null_progress
 from ..workspace import MANIFEST, atomic_write_text, fingerprint_file, git_commit, remove_dead_writers_temps
 from .table import Report
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocols
+from ..progress import ProgressFn, null_progress
 from ..results import EvalRecord
-from ..ui import ProgressFn, null_progress
 from .table import Report, row_name
 
 DPI = 100

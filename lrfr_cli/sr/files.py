@@ -21,7 +21,7 @@ from torch import nn
 from ..data.degrade import DegradeSpec, degrade_batch
 from ..data.faces import to_input_size
 from ..data.images import ImageReadError, load_rgb, save_rgb
-from ..ui import ProgressFn, null_progress
+from ..progress import ProgressFn, null_progress
 from ..workspace import atomic_path
 from .infer import super_resolve
 from .metrics import psnr

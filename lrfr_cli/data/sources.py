@@ -2,7 +2,8 @@
 
 Each source is a small picklable class (it runs inside DataLoader workers) whose ``describe()``
 goes into the embedding-cache key and the eval JSON, so a number can always be traced back to
-the exact pixels it was computed from.
+the exact pixels it was computed from. They live with the data, below ``protocols/``, because
+training validation (``.bin`` packs) and the quality pass read faces the same way eval does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..align.warp import template_for, umeyama, warp_face
-from ..data.images import ImageReadError, load_rgb
+from .images import ImageReadError, load_rgb
 
 # Median MTCNN 5-point landmarks (left eye, right eye, nose, left/right mouth corner) of the
 # deep-funneled 250×250 LFW images, measured on 300 random images (facenet-pytorch MTCNN, face
@@ -34,7 +35,8 @@ def _read(root: Path, rel: str) -> np.ndarray:
     return load_rgb(root / rel)
 
 
-def _fit(img: np.ndarray, size: int) -> np.ndarray:
+def fit_square(img: np.ndarray, size: int) -> np.ndarray:
+    """A square crop resized to ``size`` (area filter down, bicubic up); unchanged at that size."""
     if img.shape[0] == size and img.shape[1] == size:
         return img
     interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
@@ -82,6 +84,12 @@ def letterbox(img: np.ndarray, size: int, pad: str = "edge") -> np.ndarray:
         return img
     top, left = (size - nh) // 2, (size - nw) // 2
     return cv2.copyMakeBorder(img, top, size - nh - top, left, size - nw - left, PAD_MODES[pad], value=0)
+
+
+def fit_face(img: np.ndarray, size: int) -> np.ndarray:
+    """A face crop to ``size x size``: a square one resized, any other letterboxed (the ``.bin``
+    packs' faces, whichever tool wrote them)."""
+    return fit_square(img, size) if img.shape[0] == img.shape[1] else letterbox(img, size)
 
 
 def warp_antialiased(img: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
@@ -143,7 +151,7 @@ class AlignedFolder:
     def load(self, rel: str) -> np.ndarray:
         if rel in self.fallback_rels and self.fallback is not None:
             return self.fallback.load(rel)
-        return _fit(_read(self.root, rel), self.size)
+        return fit_square(_read(self.root, rel), self.size)
 
 
 @dataclass

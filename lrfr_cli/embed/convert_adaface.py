@@ -1,4 +1,5 @@
-"""AdaFace / TFace and face.evoLVe IR checkpoints → our insightface-layout IResNet.
+"""Checkpoint converter (not the AdaFace loss, that is :mod:`lrfr_cli.losses.adaface`): AdaFace /
+TFace and face.evoLVe IR checkpoints → our insightface-layout IResNet.
 
 Both use the same module names (``input_layer``, ``body.N.{res_layer,shortcut_layer}``,
 ``output_layer``), for the same network as insightface's ``iresnet`` under other parameter names:
