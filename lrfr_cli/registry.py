@@ -178,6 +178,20 @@ class Registry(Generic[T]):
             out[k] = convert(v, entry.options[k], where=f"{flag} {k}={v}: {entry.name}'s {k}")
         return out
 
+    def flag_options(self, name: str, flags: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
+        """Options set by flags of their own (``{"--margin": ("margin", 0.3)}``, a None value
+        meaning "not given"), already typed by the command line; a flag the item has no option
+        for is an error that names the flag the user typed."""
+        entry = self.entry(name)
+        out: dict[str, Any] = {}
+        for flag, (k, value) in flags.items():
+            if value is None:
+                continue
+            if k not in entry.options:
+                raise LrfrError(f"{flag}: {self.kind} {entry.name} has no option {k!r} (its options: {self._have(entry)})")
+            out[k] = value
+        return out
+
     def check_options(self, name: str, given: Mapping[str, Any]) -> dict[str, Any]:
         """``given`` overlaid on the defaults; unknown keys are one error listing the options.
         Values that are None mean "the default"."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from ..finetune import (
     build_method,
     describe_methods,
     method_class,
+    parse_method_opts,
     resolve_options,
 )
 from ..finetune.base import check_pk
@@ -92,36 +92,7 @@ def _contract_text(c: dict[str, Any]) -> str:
 
 def _method_opts(method: str, pairs: dict[str, Any], items: list[str]) -> dict[str, Any]:
     """``--margin`` & co. and ``--method-opt KEY=VALUE`` as the method's typed options."""
-    cls = method_class(method)
-    given: dict[str, Any] = {}
-    for flag, (key, value) in pairs.items():
-        if value is None:
-            continue
-        if key not in cls.options:
-            have = ", ".join(cls.options) or "none"
-            raise LrfrError(f"{flag}: method {cls.name} has no option {key!r} (its options: {have})")
-        given[key] = value
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise LrfrError(f"--method-opt {item!r}: expected KEY=VALUE")
-        if key not in cls.options:
-            have = ", ".join(f"{k}={o.default}" for k, o in cls.options.items())
-            raise LrfrError(f"--method-opt {item}: method {cls.name} has no option {key!r} (its options: {have})")
-        default = cls.options[key].default
-        try:
-            if isinstance(default, str):
-                given[key] = text
-            elif isinstance(default, int) and not isinstance(default, bool):
-                given[key] = int(text)
-            else:
-                given[key] = float(text)
-                if not math.isfinite(given[key]):
-                    raise ValueError(text)
-        except ValueError:
-            raise LrfrError(f"--method-opt {item}: {cls.name}'s {key} takes a number (default {default})") from None
-    return given
+    return parse_method_opts(method, items, flags=pairs)
 
 
 @handle_errors
