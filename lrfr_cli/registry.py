@@ -153,6 +153,16 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         return ((k, e.obj) for k, e in self._entries.items())
 
+    def values(self) -> Iterator[T]:
+        return (e.obj for e in self._entries.values())
+
+    def copy(self) -> Registry[T]:
+        """The same entries in a registry of their own: registering into it leaves this one as
+        it is (a test adding a throw-away item)."""
+        new: Registry[T] = Registry(self.kind, opt_flag=self.opt_flag, options_of=self._options_of)
+        new._entries = dict(self._entries)
+        return new
+
     # -- options -----------------------------------------------------------------------------
     def defaults(self, name: str) -> dict[str, Any]:
         return {k: o.default for k, o in self.entry(name).options.items()}

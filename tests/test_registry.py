@@ -79,3 +79,11 @@ def test_flag_options_name_the_flag_and_skip_unset_ones() -> None:
     with pytest.raises(LrfrError) as e:
         reg.flag_options("beta", {"--margin": ("m", 0.3)})
     assert str(e.value) == "--margin: widget beta has no option 'm' (its options: none)"
+
+
+def test_copy_is_independent_and_values_follow_the_order() -> None:
+    reg = make()
+    other = reg.copy()
+    other.register("gamma", Thing)
+    assert reg.names() == ("alpha", "beta") and other.names() == ("alpha", "beta", "gamma")
+    assert list(other.values()) == [Thing, Thing, Thing] and other.opt_flag == "--widget-opt"
