@@ -51,7 +51,7 @@ def _task(method: str, backbone: str, emb: int, classes: int, device: torch.devi
     model = build_backbone(backbone, emb)
     if method == "classifier":
         return ClassifierTask(model, build_head("arcface", emb, classes)).to(device)
-    cls = METHODS[method]
+    cls = METHODS.get(method)
     loss = cls.default_loss[0] if cls.default_loss else None
     head_kw = dict(cls.default_loss[1]) if cls.default_loss else {}
     teacher = build_backbone(backbone, emb) if cls.needs_teacher else None

@@ -153,6 +153,16 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         return ((k, e.obj) for k, e in self._entries.items())
 
+    def values(self) -> Iterator[T]:
+        return (e.obj for e in self._entries.values())
+
+    def copy(self) -> Registry[T]:
+        """The same entries in a registry of their own: registering into it leaves this one as
+        it is (a test adding a throw-away item)."""
+        new: Registry[T] = Registry(self.kind, opt_flag=self.opt_flag, options_of=self._options_of)
+        new._entries = dict(self._entries)
+        return new
+
     # -- options -----------------------------------------------------------------------------
     def defaults(self, name: str) -> dict[str, Any]:
         return {k: o.default for k, o in self.entry(name).options.items()}
@@ -176,6 +186,20 @@ class Registry(Generic[T]):
             if k not in entry.options:
                 raise LrfrError(f"{flag} {item}: {self.kind} {entry.name} has no option {k!r} (its options: {self._have(entry)})")
             out[k] = convert(v, entry.options[k], where=f"{flag} {k}={v}: {entry.name}'s {k}")
+        return out
+
+    def flag_options(self, name: str, flags: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
+        """Options set by flags of their own (``{"--margin": ("margin", 0.3)}``, a None value
+        meaning "not given"), already typed by the command line; a flag the item has no option
+        for is an error that names the flag the user typed."""
+        entry = self.entry(name)
+        out: dict[str, Any] = {}
+        for flag, (k, value) in flags.items():
+            if value is None:
+                continue
+            if k not in entry.options:
+                raise LrfrError(f"{flag}: {self.kind} {entry.name} has no option {k!r} (its options: {self._have(entry)})")
+            out[k] = value
         return out
 
     def check_options(self, name: str, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -192,7 +192,7 @@ def test_loss_and_method_options_refuse_nan(cli, ws, faces):
     line = _one_line_error(cli(ws, "train", "--data", faces, *FAST, "--loss", "arcface", "--loss-opt", "m=nan", "--max-steps", "1"))
     assert "m=nan" in line and "takes a float" in line
     line = _one_line_error(cli(ws, "finetune", "--method", "distill", "--from", "runs/none", "--data", faces, "--method-opt", "lam=inf"))
-    assert "lam=inf" in line and "takes a number" in line
+    assert "lam=inf" in line and "takes a float" in line
 
 
 # --------------------------------------------------------------------------- 8. report temp folders

@@ -62,7 +62,7 @@ class FakeProtocol(EvalProtocol):
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeProtocol:
-    monkeypatch.setattr(protocols, "PROTOCOLS", dict(protocols.PROTOCOLS))  # restored after the test
+    monkeypatch.setattr(protocols, "PROTOCOLS", protocols.PROTOCOLS.copy())  # restored after the test
     return protocols.register(FakeProtocol())  # type: ignore[return-value]
 
 

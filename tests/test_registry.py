@@ -71,3 +71,19 @@ def test_summary_must_be_one_line() -> None:
     reg: Registry = Registry("widget")
     with pytest.raises(ValueError):
         reg.register("x", object(), "two\nlines")
+
+
+def test_flag_options_name_the_flag_and_skip_unset_ones() -> None:
+    reg = make()
+    assert reg.flag_options("alpha", {"--margin": ("m", 0.3), "--k": ("k", None)}) == {"m": 0.3}
+    with pytest.raises(LrfrError) as e:
+        reg.flag_options("beta", {"--margin": ("m", 0.3)})
+    assert str(e.value) == "--margin: widget beta has no option 'm' (its options: none)"
+
+
+def test_copy_is_independent_and_values_follow_the_order() -> None:
+    reg = make()
+    other = reg.copy()
+    other.register("gamma", Thing)
+    assert reg.names() == ("alpha", "beta") and other.names() == ("alpha", "beta", "gamma")
+    assert list(other.values()) == [Thing, Thing, Thing] and other.opt_flag == "--widget-opt"

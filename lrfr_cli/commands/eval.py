@@ -149,8 +149,6 @@ def eval_cmd(
     t0 = time.time()
     dataset = dataset.strip().lower()
     proto = protocols.get(dataset)
-    if proto is None:
-        raise LrfrError(f"--dataset {dataset!r}: choose one of {', '.join(protocols.names())}")
     if method not in METHODS:
         raise LrfrError(f"--down-method {method!r}: choose one of {', '.join(METHODS)}")
     if up_method not in UP_METHODS:

@@ -12,13 +12,14 @@ skipped) sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import LrfrError
+from ..registry import Option, Registry
 from .datasets import EpochBatchSampler
 
 
@@ -104,14 +105,28 @@ class PKBatchSampler:
 
 
 @dataclass(frozen=True)
-class SamplerEntry:
+class SamplerKind:
+    """A registered sampler: its ``--help`` line and how it is made for one epoch."""
+
     summary: str
+    make: Callable[..., BatchSampler]
 
 
-SAMPLERS: dict[str, SamplerEntry] = {
-    "epoch": SamplerEntry("a shuffled pass over all images per epoch"),
-    "pk": SamplerEntry("P identities × K images per batch (K = --images-per-identity), for pair/triplet mining"),
-}
+def _epoch(labels: np.ndarray, global_batch: int, seed: int, epoch: int, rank: int, world_size: int, flip: bool, start: int) -> BatchSampler:
+    return EpochBatchSampler(len(labels), global_batch, seed, epoch, rank, world_size, flip, start=start)
+
+
+def _pk(labels: np.ndarray, global_batch: int, seed: int, epoch: int, rank: int, world_size: int, flip: bool, start: int, k: int) -> BatchSampler:
+    return PKBatchSampler(labels, global_batch, seed, epoch, rank, world_size, flip, start, k=int(k))
+
+
+SAMPLERS: Registry[SamplerKind] = Registry("sampler")
+SAMPLERS.register("epoch", SamplerKind("a shuffled pass over all images per epoch", _epoch))
+SAMPLERS.register(
+    "pk",
+    SamplerKind("P identities × K images per batch (K = --images-per-identity), for pair/triplet mining", _pk),
+    options={"k": Option(4, "images per identity (K)")},
+)
 
 
 def build_sampler(
@@ -126,12 +141,10 @@ def build_sampler(
     start: int = 0,
     **opts: Any,
 ) -> BatchSampler:
-    """The sampler ``name`` for one epoch (``opts``: ``k`` for ``pk``)."""
-    if name == "epoch":
-        return EpochBatchSampler(len(labels), global_batch, seed, epoch, rank, world_size, flip, start=start)
-    if name == "pk":
-        return PKBatchSampler(labels, global_batch, seed, epoch, rank, world_size, flip, start, k=int(opts.get("k", 4)))
-    raise LrfrError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    """The sampler ``name`` for one epoch (``opts``: ``k`` for ``pk``; unknown names and options
+    are the registry's one-line errors)."""
+    opts = SAMPLERS.check_options(name, opts)
+    return SAMPLERS.get(name).make(labels, global_batch, seed, epoch, rank, world_size, flip, start, **opts)
 
 
 def batches_per_epoch(name: str, labels: np.ndarray, global_batch: int, world_size: int = 1, **opts: Any) -> int:
@@ -139,4 +152,4 @@ def batches_per_epoch(name: str, labels: np.ndarray, global_batch: int, world_si
     return len(build_sampler(name, labels, global_batch, seed=0, epoch=0, rank=0, world_size=world_size, **opts))
 
 
-__all__ = ["SAMPLERS", "BatchSampler", "PKBatchSampler", "batches_per_epoch", "build_sampler"]
+__all__ = ["SAMPLERS", "BatchSampler", "SamplerKind", "PKBatchSampler", "batches_per_epoch", "build_sampler"]

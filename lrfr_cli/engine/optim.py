@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +11,13 @@ import torch
 from torch import nn
 
 from ..errors import LrfrError
+from ..registry import Registry
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "poly", "constant")
+#: ``(param groups, lr, momentum) -> optimiser``; ``momentum`` is AdamW's beta1.
+OPTIMIZERS: Registry[Callable[[list[dict[str, Any]], float, float], torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("sgd", lambda groups, lr, momentum: torch.optim.SGD(groups, lr=lr, momentum=momentum), "SGD with momentum")
+OPTIMIZERS.register("adamw", lambda groups, lr, momentum: torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999)),
+                    "AdamW, betas (momentum, 0.999)")
 
 
 def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -36,17 +40,13 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum
     to the schedule's learning rate every step (torch keeps unknown group keys, so the scale is
     saved in and restored from the optimiser's state_dict with the group).
     """
-    key = name.lower()
-    if key not in OPTIMIZERS:
-        raise LrfrError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    make = OPTIMIZERS.get(name)
     if lr <= 0:
         raise LrfrError(f"--lr {lr}: must be > 0")
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise LrfrError("nothing to train: every parameter of the task is frozen")
-    if key == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    return make(groups, lr, momentum)
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,24 @@ class LRSchedule:
     power: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise LrfrError(f"unknown schedule {self.kind!r}; choose one of: {', '.join(SCHEDULES)}")
+        SCHEDULES.get(self.kind)  # an unknown kind fails here, when the run is planned
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
         span = max(1, self.total_steps - self.warmup_steps)
         t = min(1.0, (step - self.warmup_steps) / span)
-        if self.kind == "constant":
-            return self.base_lr
-        if self.kind == "step":
-            return self.base_lr * self.gamma ** sum(t >= m for m in self.milestones)
-        if self.kind == "poly":
-            return self.min_lr + (self.base_lr - self.min_lr) * (1.0 - t) ** self.power
-        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
+        return SCHEDULES.get(self.kind)(self, t)
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+
+#: ``(schedule, t) -> learning rate`` after the warm-up, ``t`` the share of the remaining steps done.
+SCHEDULES: Registry[Callable[[LRSchedule, float], float]] = Registry("schedule")
+SCHEDULES.register("cosine", lambda s, t: s.min_lr + 0.5 * (s.base_lr - s.min_lr) * (1.0 + math.cos(math.pi * t)),
+                   "half a cosine from the base rate down to min_lr")
+SCHEDULES.register("step", lambda s, t: s.base_lr * s.gamma ** sum(t >= m for m in s.milestones),
+                   "x gamma at each milestone (0.1 at 60% and 85%)")
+SCHEDULES.register("poly", lambda s, t: s.min_lr + (s.base_lr - s.min_lr) * (1.0 - t) ** s.power, "(1 - t)^power down to min_lr")
+SCHEDULES.register("constant", lambda s, t: s.base_lr, "the base rate throughout")

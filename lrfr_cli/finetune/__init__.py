@@ -5,50 +5,52 @@ check against brute-force loops) and its :class:`~.base.FinetuneTask`. They live
 than in ``losses/`` because a method is not a margin head: ``losses/`` heads map embeddings to
 logits for ``--loss``, while a method owns the whole step (LR copies, a frozen teacher, mining
 over the batch, its own classifier) — i.e. it is a task of the training seam. Adding a method
-is one module plus one line in :data:`METHODS`; the loop, the runner and the command are shared.
+is one module plus one ``METHODS.register`` line; the loop, the runner and the command are shared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from ..errors import LrfrError
-from .base import FinetuneTask, MethodOption
+from ..registry import Entry, Option, Registry
+from .base import FinetuneTask
 from .crb import CrbTask
 from .derivenet import DeriveNetTask
 from .distill import DistillTask
 from .octuplet import OctupletTask
 from .siamese import SiameseTask
 
-METHODS: dict[str, type[FinetuneTask]] = {
-    "octuplet": OctupletTask,
-    "distill": DistillTask,
-    "siamese": SiameseTask,
-    "derivenet": DeriveNetTask,
-    "crb": CrbTask,
-}
+#: The methods by name; each class carries its ``summary`` and its typed ``options``.
+METHODS: Registry[type[FinetuneTask]] = Registry("method", opt_flag="--method-opt", options_of=lambda cls: cls.options)
+METHODS.register("octuplet", OctupletTask)
+METHODS.register("distill", DistillTask)
+METHODS.register("siamese", SiameseTask)
+METHODS.register("derivenet", DeriveNetTask)
+METHODS.register("crb", CrbTask)
 
 
 def method_class(name: str) -> type[FinetuneTask]:
-    key = (name or "").strip().lower()
-    if key not in METHODS:
-        raise LrfrError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[key]
+    """The method's task class; an unknown name is the registry's one-line error."""
+    return METHODS.get(name)
+
+
+def parse_method_opts(name: str, items: Sequence[str], flags: Mapping[str, tuple[str, Any]] | None = None) -> dict[str, Any]:
+    """``--method-opt KEY=VALUE`` items typed by the method's options (``Registry.parse_options``),
+    after the options that have flags of their own (``{"--margin": ("margin", 0.3)}``, None =
+    not given); an item overrides a flag that sets the same key."""
+    given = METHODS.flag_options(name, flags or {})
+    given.update(METHODS.parse_options(name, items))
+    return given
 
 
 def resolve_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
     """The method's options: its defaults overlaid by ``given`` (unknown keys are an error that
     lists the method's options), validated."""
-    cls = method_class(name)
-    unknown = sorted(set(given) - set(cls.options))
-    if unknown:
-        have = ", ".join(f"{k}={o.default}" for k, o in cls.options.items())
-        raise LrfrError(f"method {cls.name} has no option {', '.join(unknown)} (its options: {have})")
-    opts = {k: o.default for k, o in cls.options.items()}
-    opts.update(given)
-    cls.check_options(opts)
+    opts = METHODS.check_options(name, given)
+    method_class(name).check_options(opts)
     return opts
 
 
@@ -79,14 +81,14 @@ def build_method(
 
 
 def describe_methods() -> list[str]:
-    """One line per method for ``--help``: name, options with defaults, what it is."""
-    lines = []
-    for name, cls in METHODS.items():
-        opts = ", ".join(f"{k}={o.default}" for k, o in cls.options.items())
-        sizes = ",".join(map(str, cls.default_lr_sizes))
+    """One line per method for ``--help``: name, options with defaults, LR sizes, identity loss, what it is."""
+
+    def extra(entry: Entry[type[FinetuneTask]]) -> str:
+        cls = entry.obj
         loss = f"; identity loss {cls.default_loss[0]}" if cls.default_loss else ""
-        lines.append(f"{name} ({opts}; lr sizes {sizes}{loss}): {cls.summary}")
-    return lines
+        return f"lr sizes {','.join(map(str, cls.default_lr_sizes))}{loss}"
+
+    return METHODS.describe(extra)
 
 
-__all__ = ["METHODS", "FinetuneTask", "MethodOption", "build_method", "describe_methods", "method_class", "resolve_options"]
+__all__ = ["METHODS", "FinetuneTask", "Option", "build_method", "describe_methods", "method_class", "parse_method_opts", "resolve_options"]

@@ -22,7 +22,6 @@ is the single-process one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,17 +33,10 @@ from torch import nn
 from ..data.degrade import DegradeSpec, degrade_batch
 from ..engine.tasks import ClassifierTask, StepContext, step_seed
 from ..errors import LrfrError
+from ..registry import Option
 
 
 # --------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class MethodOption:
-    """A method's option: its default and what it is for (shown by ``lrfr finetune --help``)."""
-
-    default: Any
-    help: str
-
-
 def check_share(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise LrfrError(f"{name} {value!r}: must be a probability between 0 and 1")
@@ -176,7 +168,7 @@ class FinetuneTask(ClassifierTask):
     """Base of the methods: a student backbone (``model``), an identity/classifier ``head`` (an
     empty module when the method uses none) and the method's options.
 
-    Subclasses set ``name``, ``summary``, ``options`` (``{key: MethodOption}``),
+    Subclasses set ``name``, ``summary``, ``options`` (``{key: Option}``, typed by the default unless ``kind`` says),
     ``default_lr_sizes``, ``default_loss`` (``(loss, head options)`` of the identity head, or
     ``None`` when the method builds its own classifier in :meth:`make_head`), and implement
     ``forward(batch, ctx) -> StepOutput``.
@@ -184,7 +176,7 @@ class FinetuneTask(ClassifierTask):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    options: ClassVar[dict[str, MethodOption]] = {}
+    options: ClassVar[dict[str, Option]] = {}
     default_lr_sizes: ClassVar[tuple[int, ...]] = (8, 12, 16, 20)
     default_loss: ClassVar[tuple[str, dict[str, Any]] | None] = ("arcface", {})
     #: Whether the method needs a frozen copy of the parent model (``teacher=`` in the constructor).
@@ -203,12 +195,10 @@ class FinetuneTask(ClassifierTask):
     ) -> None:
         super().__init__(model, head, freeze_backbone=freeze_backbone, head_lr_scale=head_lr_scale)
         self.lr_sizes = tuple(int(s) for s in lr_sizes)
+        # opts come checked from resolve_options (build_method's first step); the defaults only
+        # fill what a direct construction leaves out
         self.opts = {k: o.default for k, o in self.options.items()}
         self.opts.update(opts or {})
-        unknown = sorted(set(self.opts) - set(self.options))
-        if unknown:
-            raise LrfrError(f"method {self.name} has no option {', '.join(unknown)} (its options: {', '.join(self.options) or 'none'})")
-        self.check_options(self.opts)
 
     @classmethod
     def check_options(cls, opts: dict[str, Any]) -> None:
@@ -244,7 +234,6 @@ class FinetuneTask(ClassifierTask):
 
 __all__ = [
     "FinetuneTask",
-    "MethodOption",
     "batch_hard_blocks",
     "check_pk",
     "check_share",

@@ -22,17 +22,18 @@ from torch import nn
 from ..data.crb import check_crb_options
 from ..engine.tasks import Batch, CrossResolutionBatches, StepContext, StepOutput
 from ..errors import LrfrError
-from .base import FinetuneTask, MethodOption
+from ..registry import Option
+from .base import FinetuneTask
 
 
 class CrbTask(FinetuneTask):
     name = "crb"
     summary = ("margin loss (--loss) on Cross-Resolution Batches from the parent model, the classifier "
                "warmed up on a still backbone first (lrfr train's LR recipe on a pretrained network)")
-    options: ClassVar[dict[str, MethodOption]] = {
-        "mode": MethodOption("copies", "CRB mode: copies (every face also at LR) or split (a share lr_prob replaced)"),
-        "lr_prob": MethodOption(0.5, "split mode: share of each batch replaced by LR versions"),
-        "head_warmup": MethodOption(0, "steps during which only the new classifier learns (the backbone is still)"),
+    options: ClassVar[dict[str, Option]] = {
+        "mode": Option("copies", "CRB mode: copies (every face also at LR) or split (a share lr_prob replaced)"),
+        "lr_prob": Option(0.5, "split mode: share of each batch replaced by LR versions"),
+        "head_warmup": Option(0, "steps during which only the new classifier learns (the backbone is still)"),
     }
     default_lr_sizes = (8, 12, 16, 20)
     default_loss = ("arcface", {})

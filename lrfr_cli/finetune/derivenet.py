@@ -31,7 +31,8 @@ from torch import nn
 
 from ..engine.tasks import Batch, StepContext, StepOutput
 from ..errors import LrfrError
-from .base import FinetuneTask, MethodOption
+from ..registry import Option
+from .base import FinetuneTask
 
 
 class DeriveNetHead(nn.Module):
@@ -93,11 +94,11 @@ def derivenet_loss(head: DeriveNetHead, emb: torch.Tensor, labels: torch.Tensor,
 class DeriveNetTask(FinetuneTask):
     name = "derivenet"
     summary = "Derived-Margin softmax with margins from HR class centres + ReCent loss (Singh et al., TPAMI 2022)"
-    options: ClassVar[dict[str, MethodOption]] = {
-        "lam": MethodOption(1e-3, "λ, weight of the ReCent (reconstruction-centre) loss"),
-        "s": MethodOption(30.0, "logit scale of the Derived-Margin softmax"),
-        "m": MethodOption(0.35, "largest derived margin (at centre cosine 1)"),
-        "alpha": MethodOption(0.5, "momentum of the class-centre update"),
+    options: ClassVar[dict[str, Option]] = {
+        "lam": Option(1e-3, "λ, weight of the ReCent (reconstruction-centre) loss"),
+        "s": Option(30.0, "logit scale of the Derived-Margin softmax"),
+        "m": Option(0.35, "largest derived margin (at centre cosine 1)"),
+        "alpha": Option(0.5, "momentum of the class-centre update"),
     }
     default_lr_sizes = (8, 12, 16, 20)
     default_loss = None

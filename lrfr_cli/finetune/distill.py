@@ -34,7 +34,8 @@ from torch import nn
 
 from ..engine.tasks import Batch, StepContext, StepOutput
 from ..errors import LrfrError
-from .base import FinetuneTask, MethodOption, check_share, degrade_rows
+from ..registry import Option
+from .base import FinetuneTask, check_share, degrade_rows
 
 FEATURE_LOSSES = ("mse", "cosine")
 
@@ -52,14 +53,14 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str = "
 class DistillTask(FinetuneTask):
     name = "distill"
     summary = "frozen HR teacher (the --from model), student on LR copies: identity loss + λ·feature distance (Massoli et al. 2020)"
-    options: ClassVar[dict[str, MethodOption]] = {
-        "p_down": MethodOption(0.1, "probability that the student sees a sample at low resolution"),
-        "p_down_end": MethodOption(None, "curriculum: p_down rises linearly to this value over ramp_steps (unset = constant)"),
-        "ramp_steps": MethodOption(0, "steps of the p_down curriculum (0 = the whole run)"),
-        "lam": MethodOption(0.1, "λ, weight of the feature distance to the teacher"),
-        "feature_loss": MethodOption("mse", "distance between student(LR) and teacher(HR) features: mse or cosine"),
-        "hr_weight": MethodOption(0.0, "weight of the same distance for the student's HR view of every face (0 = off)"),
-        "id_weight": MethodOption(1.0, "weight of the identity loss (0 = pure feature distillation, no classifier)"),
+    options: ClassVar[dict[str, Option]] = {
+        "p_down": Option(0.1, "probability that the student sees a sample at low resolution"),
+        "p_down_end": Option(None, "curriculum: p_down rises linearly to this value over ramp_steps (unset = constant)"),
+        "ramp_steps": Option(0, "steps of the p_down curriculum (0 = the whole run)"),
+        "lam": Option(0.1, "λ, weight of the feature distance to the teacher"),
+        "feature_loss": Option("mse", "distance between student(LR) and teacher(HR) features: mse or cosine"),
+        "hr_weight": Option(0.0, "weight of the same distance for the student's HR view of every face (0 = off)"),
+        "id_weight": Option(1.0, "weight of the identity loss (0 = pure feature distillation, no classifier)"),
     }
     default_lr_sizes = (8, 12, 16, 20)
     default_loss = ("arcface", {})

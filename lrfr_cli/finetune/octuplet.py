@@ -25,7 +25,8 @@ import torch
 
 from ..engine.tasks import Batch, StepContext, StepOutput
 from ..errors import LrfrError
-from .base import FinetuneTask, MethodOption, batch_hard_blocks
+from ..registry import Option
+from .base import FinetuneTask, batch_hard_blocks
 
 BLOCKS = (("hh", 0, 0), ("hl", 0, 1), ("lh", 1, 0), ("ll", 1, 1))
 
@@ -40,9 +41,9 @@ def octuplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.5) 
 class OctupletTask(FinetuneTask):
     name = "octuplet"
     summary = "four batch-hard triplet terms over HR/LR anchor × positive/negative blocks (Knoche et al., FG 2023)"
-    options: ClassVar[dict[str, MethodOption]] = {
-        "margin": MethodOption(0.5, "triplet margin on normalised embeddings"),
-        "id_weight": MethodOption(0.0, "weight of an added identity loss (--loss) on HR and LR embeddings; 0 = octuplet only"),
+    options: ClassVar[dict[str, Option]] = {
+        "margin": Option(0.5, "triplet margin on normalised embeddings"),
+        "id_weight": Option(0.0, "weight of an added identity loss (--loss) on HR and LR embeddings; 0 = octuplet only"),
     }
     default_lr_sizes = (8, 12, 16, 20)
     default_loss = ("arcface", {})

@@ -21,7 +21,8 @@ import torch
 
 from ..engine.tasks import Batch, StepContext, StepOutput
 from ..errors import LrfrError
-from .base import FinetuneTask, MethodOption, batch_hard_blocks
+from ..registry import Option
+from .base import FinetuneTask, batch_hard_blocks
 
 
 def cross_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -33,9 +34,9 @@ def cross_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> tor
 class SiameseTask(FinetuneTask):
     name = "siamese"
     summary = "shared-weight HR and LR branches, AM-Softmax on each + cross-resolution batch-hard triplet (Lai & Lam 2021)"
-    options: ClassVar[dict[str, MethodOption]] = {
-        "margin": MethodOption(0.5, "margin of the cross-resolution triplet term (normalised embeddings)"),
-        "triplet_weight": MethodOption(1.0, "weight w of the cross-resolution triplet term"),
+    options: ClassVar[dict[str, Option]] = {
+        "margin": Option(0.5, "margin of the cross-resolution triplet term (normalised embeddings)"),
+        "triplet_weight": Option(1.0, "weight w of the cross-resolution triplet term"),
     }
     default_lr_sizes = (8, 12, 16)
     default_loss = ("cosface", {"s": 30.0, "m": 0.35})

@@ -1,4 +1,4 @@
-"""Backbone registry: ``--backbone NAME`` resolves here and ``--help`` lists :data:`BACKBONES`.
+"""Backbones: ``--backbone NAME`` resolves in :data:`BACKBONES` (a :class:`~lrfr_cli.registry.Registry`).
 
 Every backbone maps a 112×112 RGB batch, preprocessed by :func:`preprocess`, to a
 ``B × embedding_size`` un-normalised embedding.
@@ -13,30 +13,28 @@ from torch import nn
 
 from ..constants import INPUT_SIZE
 from ..errors import LrfrError
+from ..registry import Registry
 from .iresnet import IResNet, iresnet
 from .mobilefacenet import MobileFaceNet
 from .sphere import Sphere20
 from .tiny import TinyNet
 
-_REGISTRY: dict[str, Callable[[int], nn.Module]] = {
-    "ir18": lambda e: iresnet("ir18", e),
-    "ir50": lambda e: iresnet("ir50", e),
-    "ir100": lambda e: iresnet("ir100", e),
-    "sphere20": lambda e: Sphere20(e),
-    "mobilefacenet": lambda e: MobileFaceNet(e),
-    "tiny": lambda e: TinyNet(e),
-}
-BACKBONES: tuple[str, ...] = tuple(_REGISTRY)
+#: ``embedding_size -> module`` per name; iterating it gives the names in ``--help`` order.
+BACKBONES: Registry[Callable[[int], nn.Module]] = Registry("backbone")
+BACKBONES.register("ir18", lambda e: iresnet("ir18", e), "IResNet-18 (insightface's layout)")
+BACKBONES.register("ir50", lambda e: iresnet("ir50", e), "IResNet-50 (insightface's layout)")
+BACKBONES.register("ir100", lambda e: iresnet("ir100", e), "IResNet-100 (insightface's layout)")
+BACKBONES.register("sphere20", Sphere20, "SphereFace's 20-layer residual CNN")
+BACKBONES.register("mobilefacenet", MobileFaceNet, "MobileFaceNet, small enough to train on a CPU")
+BACKBONES.register("tiny", TinyNet, "a small net for tests and quick demos")
 
 
 def build_backbone(name: str, embedding_size: int = 512) -> nn.Module:
-    """A freshly initialised backbone; an unknown name is a user error that lists the choices."""
-    key = (name or "").strip().lower()
-    if key not in _REGISTRY:
-        raise LrfrError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    """A freshly initialised backbone; an unknown name is the registry's one-line error."""
+    make = BACKBONES.get(name)
     if embedding_size < 1:
         raise LrfrError(f"embedding size {embedding_size}: must be >= 1")
-    return _REGISTRY[key](embedding_size)
+    return make(embedding_size)
 
 
 def preprocess(x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import LrfrError
+from ..registry import Registry
 
 
 class SRCNN(nn.Module):
@@ -111,19 +112,15 @@ class Discriminator(nn.Module):
         return self.head(self.features(x * 2.0 - 1.0)).flatten()
 
 
-_SR_REGISTRY: dict[str, Callable[[], nn.Module]] = {
-    "srcnn": SRCNN,
-    "srresnet": SRResNet,
-}
-SR_ARCHS: tuple[str, ...] = tuple(_SR_REGISTRY)
+#: The SR generators by name (``--arch``); each is made with its defaults.
+SR_ARCHS: Registry[Callable[[], nn.Module]] = Registry("--arch")
+SR_ARCHS.register("srcnn", SRCNN, "Dong et al. 2014, three convolutions residual over the bicubic face")
+SR_ARCHS.register("srresnet", SRResNet, "Ledig et al. 2017's generator on a 28x28 grid (the SRGAN recipe's)")
 
 
 def build_sr(name: str) -> nn.Module:
-    """A freshly initialised SR network; an unknown name is one line listing the choices."""
-    key = (name or "").strip().lower()
-    if key not in _SR_REGISTRY:
-        raise LrfrError(f"unknown --arch {name!r}; choose one of: {', '.join(SR_ARCHS)}")
-    return _SR_REGISTRY[key]()
+    """A freshly initialised SR network; an unknown name is the registry's one-line error."""
+    return SR_ARCHS.get(name)()
 
 
 __all__ = ["SRCNN", "SR_ARCHS", "Discriminator", "SRResNet", "build_sr"]

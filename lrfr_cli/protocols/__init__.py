@@ -10,25 +10,27 @@ Importing this package loads no numpy or torch: the protocol modules import thos
 
 from __future__ import annotations
 
+from ..registry import Registry
 from . import binpack, ijb, lfw, scface, survface, tinyface
 from .base import EvalOptions, EvalProtocol, Plan
 
-PROTOCOLS: dict[str, EvalProtocol] = {}
+#: The protocols by name (``--dataset``), in registration order; each one's summary is its title.
+PROTOCOLS: Registry[EvalProtocol] = Registry("dataset")
 
 
 def register(protocol: EvalProtocol) -> EvalProtocol:
     """Add ``protocol`` under its ``name`` (a later registration of the same name replaces it)."""
     if not protocol.name or protocol.name != protocol.name.strip().lower():
         raise ValueError(f"protocol name {protocol.name!r}: use a non-empty lower-case name")
-    PROTOCOLS[protocol.name] = protocol
-    return protocol
+    return PROTOCOLS.register(protocol.name, protocol, protocol.title or protocol.name)
 
 
 def names() -> list[str]:
-    return list(PROTOCOLS)
+    return list(PROTOCOLS.names())
 
 
-def get(name: str) -> EvalProtocol | None:
+def get(name: str) -> EvalProtocol:
+    """The protocol ``name``; an unknown name is the registry's one-line error listing the choices."""
     return PROTOCOLS.get(name)
 
 
@@ -37,13 +39,13 @@ _GENERIC = EvalProtocol()
 
 def for_record(dataset: str) -> EvalProtocol:
     """The protocol that names a record's metrics; the generic one for a dataset no longer registered."""
-    return PROTOCOLS.get(dataset, _GENERIC)
+    return PROTOCOLS.get(dataset) if dataset in PROTOCOLS else _GENERIC
 
 
 def order(dataset: str) -> int:
     """Registration order, for sorting report columns (unregistered datasets last)."""
-    keys = list(PROTOCOLS)
-    return keys.index(dataset) if dataset in PROTOCOLS else len(keys)
+    keys = PROTOCOLS.names()
+    return keys.index(PROTOCOLS.key(dataset)) if dataset in PROTOCOLS else len(keys)
 
 
 register(lfw.PROTOCOL)

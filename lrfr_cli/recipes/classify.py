@@ -69,11 +69,7 @@ class TrainArgs(RunArgs):
 
     def check_choices(self) -> None:
         """Every NAME option of ``lrfr train``, canonical, before any work (one error each)."""
-        choices = {"backbone": (self.backbone, BACKBONES), "sampler": (self.sampler, tuple(SAMPLERS))}
-        for what, (value, allowed) in choices.items():
-            if value.lower() not in allowed:
-                raise LrfrError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
-        self.backbone, self.sampler = self.backbone.lower(), self.sampler.lower()
+        self.backbone, self.sampler = BACKBONES.key(self.backbone), SAMPLERS.key(self.sampler)
         self.check_loop_choices()
 
 

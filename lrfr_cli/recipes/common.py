@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from ..engine.loop import LoopConfig
 from ..engine.optim import OPTIMIZERS, SCHEDULES
 from ..engine.runner import RunOutcome
-from ..errors import LrfrError
 
 A = TypeVar("A", bound="RunArgs")
 
@@ -60,11 +59,8 @@ class RunArgs:
         return cls(**{f.name: params[f.name] for f in fields(cls)})
 
     def check_loop_choices(self) -> None:
-        """Optimiser and schedule names, canonical (lower case), or one error that lists them."""
-        for what, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES)):
-            if value.lower() not in allowed:
-                raise LrfrError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
-        self.optimizer, self.schedule = self.optimizer.lower(), self.schedule.lower()
+        """Optimiser and schedule names, canonical, or the registry's one error that lists them."""
+        self.optimizer, self.schedule = OPTIMIZERS.key(self.optimizer), SCHEDULES.key(self.schedule)
 
 
 def loop_config(a: RunArgs, *, precision: str, global_batch: int, default_epochs: int, default_lr: Mapping[str, float],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ..engine.loop import plan_steps
 from ..engine.runner import TrainingRun, pair_validation
 from ..engine.tasks import Task
 from ..errors import LrfrError
-from ..finetune import build_method, method_class, resolve_options
+from ..finetune import build_method, method_class, parse_method_opts, resolve_options
 from ..finetune.base import check_pk
 from ..losses import build_head, heads, parse_loss_opts
 from ..models import INPUT_SIZE
@@ -106,51 +105,15 @@ def _contract_text(c: dict[str, Any]) -> str:
             f"{c['layout'].upper()} into the ONNX graph")
 
 
-def _method_opts(method: str, pairs: dict[str, Any], items: list[str]) -> dict[str, Any]:
-    """``--margin`` & co. and ``--method-opt KEY=VALUE`` as the method's typed options."""
-    cls = method_class(method)
-    given: dict[str, Any] = {}
-    for flag, (key, value) in pairs.items():
-        if value is None:
-            continue
-        if key not in cls.options:
-            have = ", ".join(cls.options) or "none"
-            raise LrfrError(f"{flag}: method {cls.name} has no option {key!r} (its options: {have})")
-        given[key] = value
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise LrfrError(f"--method-opt {item!r}: expected KEY=VALUE")
-        if key not in cls.options:
-            have = ", ".join(f"{k}={o.default}" for k, o in cls.options.items())
-            raise LrfrError(f"--method-opt {item}: method {cls.name} has no option {key!r} (its options: {have})")
-        default = cls.options[key].default
-        try:
-            if isinstance(default, str):
-                given[key] = text
-            elif isinstance(default, int) and not isinstance(default, bool):
-                given[key] = int(text)
-            else:
-                given[key] = float(text)
-                if not math.isfinite(given[key]):
-                    raise ValueError(text)
-        except ValueError:
-            raise LrfrError(f"--method-opt {item}: {cls.name}'s {key} takes a number (default {default})") from None
-    return given
-
-
-
-
 def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision: str) -> tuple[TrainingRun, RunSummary]:
     """The training run of ``lrfr finetune`` (every option checked before the run folder is claimed)."""
     cls = method_class(a.method)
     method = cls.name
     a.check_loop_choices()
-    opts = resolve_options(method, _method_opts(method, {
+    opts = resolve_options(method, parse_method_opts(method, a.method_opt or [], flags={
         "--triplet-margin": ("margin", a.triplet_margin), "--id-weight": ("id_weight", a.id_weight), "--p-down": ("p_down", a.p_down),
         "--p-down-end": ("p_down_end", a.p_down_end), "--lambda": ("lam", a.lam), "--feature-loss": ("feature_loss", a.feature_loss),
-    }, a.method_opt or []))
+    }))
     loss, loss_opt = a.loss, a.loss_opt
     # The identity head: the method's default loss and options unless --loss/--loss-opt say otherwise.
     head_loss: str | None = None

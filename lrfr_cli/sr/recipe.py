@@ -50,11 +50,7 @@ class SROptions:
 
 def check_sr_options(o: SROptions) -> SROptions:
     """One-line errors for bad SR options, before any data is read."""
-    arch = o.arch.strip().lower()
-    if arch not in SR_ARCHS:
-        raise LrfrError(f"unknown --arch {o.arch!r}; choose one of: {', '.join(SR_ARCHS)}")
-    if o.loss not in SR_LOSSES:
-        raise LrfrError(f"unknown --sr-loss {o.loss!r}; choose one of: {', '.join(SR_LOSSES)}")
+    arch, loss = SR_ARCHS.key(o.arch), SR_LOSSES.key(o.loss)
     sizes = check_crb_options(list(o.lr_sizes), "split", 1.0, height=INPUT_SIZE)
     if o.adversarial < 0 or o.perceptual_weight < 0:
         raise LrfrError("--adversarial and --perceptual-weight must be >= 0")
@@ -68,7 +64,7 @@ def check_sr_options(o: SROptions) -> SROptions:
         raise LrfrError(f"--sr-patch {o.patch}: srresnet works on a 4-px grid; use a multiple of 4 (e.g. 48)")
     if o.perceptual and o.patch:
         raise LrfrError("--perceptual needs whole faces (the recogniser sees 112-px faces): add --sr-patch 0")
-    return SROptions(arch, sizes, o.loss, o.perceptual, o.perceptual_weight, o.adversarial, o.disc_lr_scale, o.val_images, o.patch)
+    return SROptions(arch, sizes, loss, o.perceptual, o.perceptual_weight, o.adversarial, o.disc_lr_scale, o.val_images, o.patch)
 
 
 def val_faces(ts: TrainingSet, limit: int) -> tuple[torch.Tensor | None, Path | None]:

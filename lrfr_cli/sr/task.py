@@ -32,7 +32,7 @@ bicubic input: the level to beat), and ``perceptual`` / ``adv_g`` / ``adv_d`` wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,8 +45,12 @@ from ..engine.optim import param_groups as decay_groups
 from ..engine.tasks import Batch, StepContext, StepOutput, Task, step_seed
 from ..errors import LrfrError
 from ..models import preprocess
+from ..registry import Registry
 
-SR_LOSSES = ("l1", "mse")
+#: The content losses (``--sr-loss``): ``(sr, hr) -> scalar`` on [0, 1] images.
+SR_LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("--sr-loss")
+SR_LOSSES.register("l1", F.l1_loss, "mean absolute difference (the default)")
+SR_LOSSES.register("mse", F.mse_loss, "mean squared difference")
 
 
 def lr_inputs(images: torch.Tensor, sizes: Sequence[int], seed: int, method: str = "bicubic") -> torch.Tensor:
@@ -88,11 +92,9 @@ class SRTask(Task):
         patch: int = 48,
     ) -> None:
         super().__init__()
-        if loss not in SR_LOSSES:
-            raise LrfrError(f"unknown --sr-loss {loss!r}; choose one of: {', '.join(SR_LOSSES)}")
+        self.content_loss = SR_LOSSES.get(loss)
         self.sizes = check_crb_options(list(sizes), "split", 1.0, method=method)
         self.net = net
-        self.loss_name = loss
         self.method = method
         self.perceptual_weight = float(perceptual_weight)
         self.adversarial_weight = float(adversarial_weight)
@@ -112,9 +114,6 @@ class SRTask(Task):
             self.perceptual.eval()  # frozen: its BatchNorm statistics stay as trained
         return self
 
-    def _content(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.l1_loss(out, target) if self.loss_name == "l1" else F.mse_loss(out, target)
-
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         hr = batch["images"]
         lr = lr_inputs(hr, self.sizes, step_seed(ctx.seed, ctx.step, ctx.rank), self.method)
@@ -125,8 +124,8 @@ class SRTask(Task):
         if ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.net(x)
-        content = self._content(out.float(), y)
-        terms: dict[str, torch.Tensor] = {"content": content.detach(), "bicubic_content": self._content(x.float(), y).detach()}
+        content = self.content_loss(out.float(), y)
+        terms: dict[str, torch.Tensor] = {"content": content.detach(), "bicubic_content": self.content_loss(x.float(), y).detach()}
         loss = content
         if self.perceptual is not None and self.perceptual_weight > 0:
             with torch.no_grad():
