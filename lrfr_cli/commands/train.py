@@ -11,16 +11,10 @@ from typing import Any
 
 import typer
 
-from ..data.crb import (
-    CRB_MODE_HELP,
-    DEFAULT_LR_SIZES,
-    check_crb_options,
-    crb_reason,
-    resolve_crb,
-)
+from ..data.crb import CRB_MODE_HELP, DEFAULT_LR_SIZES, check_crb_options
 from ..data.datasets import TrainingSet, resolve_training_data
 from ..data.degrade import parse_sizes
-from ..data.quality import QUALITY_HELP, check_quality_mode
+from ..data.quality import QUALITY_HELP
 from ..data.samplers import SAMPLERS
 from ..engine import resolve_device, resolve_precision
 from ..engine.loop import LoopConfig
@@ -28,15 +22,8 @@ from ..engine.optim import OPTIMIZERS, SCHEDULES
 from ..engine.runner import TrainingRun, pair_validation, run_training
 from ..engine.tasks import ClassifierTask, CrossResolutionBatches, Task
 from ..errors import LrfrError
-from ..losses import (
-    build_head,
-    describe_losses,
-    head_factory,
-    head_options,
-    heads,
-    parse_loss_opts,
-)
-from ..losses.sharded import build_sharded, check_shardable
+from ..losses import describe_losses, heads
+from ..losses.recipe import resolve_loss
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
 from ..protocols.lfw import validation_pairs
 from ..workspace import fingerprint_file
@@ -119,32 +106,15 @@ def train(
     ws = workspace()
     if task.lower() not in ("classify", "sr"):
         raise LrfrError(f"unknown --task {task!r}; choose one of: classify, sr")
-    choices = {"backbone": (backbone, BACKBONES), "loss": (loss, heads()), "optimizer": (optimizer, OPTIMIZERS),
+    choices = {"backbone": (backbone, BACKBONES), "optimizer": (optimizer, OPTIMIZERS),
                "schedule": (schedule, SCHEDULES), "sampler": (sampler, tuple(SAMPLERS))}
     for what, (value, allowed) in choices.items():
         if value.lower() not in allowed:
             raise LrfrError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
-    backbone, loss, optimizer, schedule, sampler = backbone.lower(), loss.lower(), optimizer.lower(), schedule.lower(), sampler.lower()
-    classifier = classifier.lower()
-    if classifier not in ("full", "sharded"):
-        raise LrfrError(f"unknown --classifier {classifier!r}; choose one of: full, sharded")
-    if classifier == "full" and sample_rate != 1.0:
-        raise LrfrError("--sample-rate needs --classifier sharded (the full classifier uses every class in every step)")
-    head_kw: dict[str, Any] = parse_loss_opts(loss, loss_opt or [])
-    if quality is not None:
-        try:
-            quality = check_quality_mode(quality)
-        except LrfrError as e:
-            raise LrfrError(f"--quality: {e}") from None
-    for key, flag, value in (("s", "--scale", scale), ("m", "--margin", margin), ("quality", "--quality", quality)):
-        if value is not None:
-            if key not in head_options(loss):
-                raise LrfrError(f"{flag}: loss {loss} has no option {key!r} (its options: {', '.join(head_options(loss)) or 'none'})")
-            head_kw.update(parse_loss_opts(loss, [f"{key}={value}"]))
-    if "quality" in head_kw:  # one spelling in config.json, whichever way it was given
-        head_kw["quality"] = check_quality_mode(head_kw["quality"])
-    crb_policy = getattr(head_factory(loss), "crb", "off")
-    use_crb = resolve_crb(crb, crb_policy, loss)
+    backbone, optimizer, schedule, sampler = backbone.lower(), optimizer.lower(), schedule.lower(), sampler.lower()
+    choice = resolve_loss(loss, loss_opt or [], margin=margin, scale=scale, quality=quality, classifier=classifier, sample_rate=sample_rate)
+    loss = choice.name
+    use_crb = choice.crb_enabled(crb)
     crb_cfg = None
     if use_crb:
         try:
@@ -163,9 +133,7 @@ def train(
     pairs = validation_pairs(val_pairs, val_root) if val_pairs else None
     validation_cfg, val_files, packs = _validation_options(ts, val_pairs, val_bin, val_bin_channels, val_sizes, val_every, val_metric)
     # fail on bad options before claiming the run (sharded: a 2-class probe, the full matrix may not fit)
-    probe = build_head(loss, embedding_size, 2 if classifier == "sharded" else ts.num_classes, **head_kw)
-    if classifier == "sharded":
-        check_shardable(probe, sample_rate)
+    choice.check(embedding_size, ts.num_classes)
     cfg = LoopConfig(
         global_batch=batch_size,
         epochs=epochs,
@@ -205,7 +173,7 @@ def train(
         "input_size": INPUT_SIZE,
         "preprocess": "RGB, (x/255 - 0.5) / 0.5",
         "loss": loss,
-        "head": head_kw,
+        "head": choice.head_kw,
         "num_classes": ts.num_classes,
         "data": ts.source,
         "data_kind": ts.kind,
@@ -217,10 +185,10 @@ def train(
         config["validation"] = validation_cfg
     # config.json says whether batches were mixed and why (a loss's default, or a flag); the
     # identity below keeps only what changes the batches, so earlier runs keep theirs.
-    config["crb"] = {"enabled": use_crb, "why": crb_reason(crb, crb_policy, loss), **(crb_cfg or {})}
+    config["crb"] = {"enabled": use_crb, "why": choice.crb_reason(crb), **(crb_cfg or {})}
     if task_opts != {"freeze_backbone": False, "head_lr_scale": 1.0}:
         config["task"] = task_opts  # only when changed: earlier runs keep their identity
-    if classifier == "sharded":  # only when sharded: earlier runs keep their identity
+    if choice.classifier == "sharded":  # only when sharded: earlier runs keep their identity
         config["classifier"] = {"kind": "sharded", "sample_rate": sample_rate}
     options = {k: v for k, v in config.items() if k not in ("data", "images", "crb")}
     if crb_cfg:
@@ -233,10 +201,7 @@ def train(
 
     def build_task(ts: TrainingSet) -> Task:
         model = build_backbone(backbone, embedding_size)
-        if classifier == "sharded":
-            head = build_sharded(loss, embedding_size, ts.num_classes, sample_rate=sample_rate, seed=seed, **head_kw)
-        else:
-            head = build_head(loss, embedding_size, ts.num_classes, **head_kw)
+        head = choice.build(embedding_size, ts.num_classes, seed=seed)
         transforms = [CrossResolutionBatches(**crb_cfg)] if crb_cfg else []
         return ClassifierTask(model, head, transforms=transforms, **task_opts)
 
