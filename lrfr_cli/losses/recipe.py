@@ -94,7 +94,7 @@ class LossChoice:
 
 def resolve_loss(
     name: str,
-    items: Sequence[str] = (),
+    items: Sequence[str] | None = (),
     *,
     margin: float | None = None,
     scale: float | None = None,
@@ -103,14 +103,15 @@ def resolve_loss(
     sample_rate: float = 1.0,
 ) -> LossChoice:
     """``--loss NAME --loss-opt KEY=VALUE ... [--margin M] [--scale S] [--quality Q]
-    [--classifier C] [--sample-rate R]`` checked and resolved (one-line errors)."""
+    [--classifier C] [--sample-rate R]`` checked and resolved (one-line errors). ``items`` None
+    (Typer's empty ``--loss-opt``) means none."""
     entry = LOSSES.entry(name)
     key = classifier.lower()
     if key not in CLASSIFIERS:
         raise LrfrError(f"unknown --classifier {key!r}; choose one of: {', '.join(CLASSIFIERS)}")
     if key == "full" and sample_rate != 1.0:
         raise LrfrError("--sample-rate needs --classifier sharded (the full classifier uses every class in every step)")
-    head_kw = LOSSES.parse_options(entry.name, items)
+    head_kw = LOSSES.parse_options(entry.name, items or ())
     if quality is not None:
         try:
             quality = check_quality_mode(quality)
