@@ -29,7 +29,7 @@ import torch
 
 from lrfr_cli.engine import resolve_device
 from lrfr_cli.engine.tasks import ClassifierTask, StepContext
-from lrfr_cli.finetune import METHODS, build_method
+from lrfr_cli.finetune import METHODS, build_method, resolve_options
 from lrfr_cli.finetune.base import batch_hard_blocks
 from lrfr_cli.losses import build_head
 from lrfr_cli.models import build_backbone
@@ -52,11 +52,10 @@ def _task(method: str, backbone: str, emb: int, classes: int, device: torch.devi
     if method == "classifier":
         return ClassifierTask(model, build_head("arcface", emb, classes)).to(device)
     cls = METHODS.get(method)
-    loss = cls.default_loss[0] if cls.default_loss else None
-    head_kw = dict(cls.default_loss[1]) if cls.default_loss else {}
+    opts = resolve_options(method, {})
     teacher = build_backbone(backbone, emb) if cls.needs_teacher else None
     return build_method(method, model, embedding_size=emb, num_classes=classes, lr_sizes=cls.default_lr_sizes, opts={},
-                        loss=loss, head_kw=head_kw, teacher=teacher).to(device)
+                        loss=cls.identity_loss(None, (), opts), teacher=teacher).to(device)
 
 
 def step_times(task: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, steps: int) -> list[float]:

@@ -20,9 +20,9 @@ from lrfr_cli.data.crb import (
     CRB_MODES,
     check_crb_options,
     cross_resolution_batch,
-    resolve_crb,
 )
 from lrfr_cli.errors import LrfrError
+from lrfr_cli.losses.recipe import resolve_crb
 
 SIZES = (8, 12, 16, 20, 24)
 

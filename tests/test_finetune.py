@@ -20,6 +20,7 @@ from lrfr_cli.finetune.distill import feature_distance
 from lrfr_cli.finetune.octuplet import octuplet_loss
 from lrfr_cli.finetune.siamese import cross_triplet
 from lrfr_cli.losses import build_head
+from lrfr_cli.losses.recipe import resolve_loss
 from lrfr_cli.models import build_backbone
 
 from synthetic import make_identity_faces
@@ -140,7 +141,7 @@ def test_siamese_loss_equals_brute_force():
             total += -(z[yy[i]] - np.log(np.sum(np.exp(z))))
         return total / len(rows)
 
-    task = build_method("siamese", torch.nn.Identity(), embedding_size=5, num_classes=3, lr_sizes=(8,), opts={}, loss="cosface", head_kw={"s": 30.0, "m": 0.35})
+    task = build_method("siamese", torch.nn.Identity(), embedding_size=5, num_classes=3, lr_sizes=(8,), opts={}, loss=resolve_loss("cosface", ["s=30", "m=0.35"]))
     task.head.load_state_dict(head.state_dict())
     task.embed_pair = lambda batch, ctx: (emb, y)  # type: ignore[method-assign]
     out = task({"images": torch.zeros(1), "labels": y}, None)  # type: ignore[arg-type]
@@ -229,7 +230,7 @@ def _tiny(emb: int = 16) -> torch.nn.Module:
 
 def test_derivenet_trains_the_backbone_and_sizes_the_classifier_by_classes():
     model = _tiny()
-    task = build_method("derivenet", model, embedding_size=16, num_classes=5, lr_sizes=(8, 16), opts={}, loss=None, head_kw={})
+    task = build_method("derivenet", model, embedding_size=16, num_classes=5, lr_sizes=(8, 16), opts={}, loss=None)
     assert task.head.weight.shape == (5, 16)  # one row per class (the seed: one per image)
     groups = task.param_groups(5e-4)
     in_opt = {id(p) for g in groups for p in g["params"]}
@@ -251,7 +252,7 @@ def test_derivenet_trains_the_backbone_and_sizes_the_classifier_by_classes():
 def test_distill_teacher_is_frozen_and_unchanged():
     model, teacher = _tiny(), _tiny()
     task = build_method("distill", model, embedding_size=16, num_classes=4, lr_sizes=(8,), opts={"p_down": 0.5},
-                        loss="arcface", head_kw={}, teacher=teacher)
+                        loss=resolve_loss("arcface"), teacher=teacher)
     assert all(not p.requires_grad for p in teacher.parameters())
     in_opt = {id(p) for g in task.param_groups(5e-4) for p in g["params"]}
     assert not any(id(p) in in_opt for p in teacher.parameters())
@@ -275,7 +276,7 @@ def test_distill_with_p_down_0_and_lambda_0_is_the_classifier_task():
     batch = {"images": _images(8), "labels": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
     model = _tiny()
     task = build_method("distill", model, embedding_size=16, num_classes=4, lr_sizes=(8,), opts={"p_down": 0.0, "lam": 0.0},
-                        loss="arcface", head_kw={}, teacher=_tiny())
+                        loss=resolve_loss("arcface"), teacher=_tiny())
     ref = ClassifierTask(_tiny(), build_head("arcface", 16, 4))
     ref.head.load_state_dict(task.head.state_dict())
     task.train(), ref.train()
@@ -285,7 +286,7 @@ def test_distill_with_p_down_0_and_lambda_0_is_the_classifier_task():
     assert got.item() > 1.0  # a real classification loss, not 0 == 0
     # and with p_down > 0 the student sees other pixels: the loss moves
     lossy = build_method("distill", _tiny(), embedding_size=16, num_classes=4, lr_sizes=(8,), opts={"p_down": 1.0, "lam": 0.0},
-                         loss="arcface", head_kw={}, teacher=_tiny())
+                         loss=resolve_loss("arcface"), teacher=_tiny())
     lossy.head.load_state_dict(task.head.state_dict())
     lossy.train()
     assert lossy(dict(batch), _ctx()).loss.item() != pytest.approx(want.item(), abs=1e-4)
@@ -299,7 +300,7 @@ def test_pure_feature_distillation_has_no_head_and_matches_a_hand_computation():
     teacher = build_backbone("tiny", 16)  # another network: the HR term is not 0 either
     opts = {"p_down": 1.0, "lam": 2.0, "feature_loss": "cosine", "hr_weight": 1.0, "id_weight": 0.0}
     task = build_method("distill", model, embedding_size=16, num_classes=4, lr_sizes=(8, 12), opts=opts,
-                        loss="arcface", head_kw={}, teacher=teacher)
+                        loss=resolve_loss("arcface"), teacher=teacher)
     assert not task.has_head() and not any(True for _ in task.head.parameters())
     task.train(False)  # BatchNorm on running statistics, so separate forwards are comparable
     out = task(dict(batch), _ctx())
@@ -325,7 +326,7 @@ def test_distill_refuses_an_empty_loss():
 
 def test_distill_curriculum_raises_p_down_linearly():
     task = build_method("distill", _tiny(), embedding_size=16, num_classes=4, lr_sizes=(8,),
-                        opts={"p_down": 0.1, "p_down_end": 0.5, "ramp_steps": 10}, loss="arcface", head_kw={}, teacher=_tiny())
+                        opts={"p_down": 0.1, "p_down_end": 0.5, "ramp_steps": 10}, loss=resolve_loss("arcface"), teacher=_tiny())
     assert [round(task.p_down(s), 6) for s in (0, 5, 10, 20)] == [0.1, 0.3, 0.5, 0.5]
 
 
@@ -468,7 +469,7 @@ def test_every_method_step_is_finite_on_a_batch_of_pk_identities():
     for method, loss in (("octuplet", None), ("siamese", "cosface"), ("derivenet", None), ("distill", "arcface")):
         opts = {"id_weight": 1.0} if method == "octuplet" else {}
         task = build_method(method, _tiny(), embedding_size=16, num_classes=4, lr_sizes=(8, 16), opts=opts,
-                            loss=loss or ("arcface" if method == "octuplet" else None), head_kw={}, teacher=_tiny())
+                            loss=resolve_loss(loss or "arcface") if (loss or method == "octuplet") else None, teacher=_tiny())
         task.train()
         out = task(dict(batch), _ctx())
         assert torch.isfinite(out.loss) and all(torch.isfinite(v) for v in out.terms.values()), method

@@ -11,6 +11,7 @@ from lrfr_cli.data.crb import cross_resolution_batch
 from lrfr_cli.engine.tasks import StepContext, step_seed
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.finetune import build_method, resolve_options
+from lrfr_cli.losses.recipe import resolve_loss
 from lrfr_cli.models import build_backbone
 
 
@@ -26,7 +27,7 @@ def _batch(b: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
 def _task(**opts):
     torch.manual_seed(0)
     model = build_backbone("tiny", 16)
-    return build_method("crb", model, embedding_size=16, num_classes=4, lr_sizes=(8, 16), opts=opts, loss="approach1", head_kw={})
+    return build_method("crb", model, embedding_size=16, num_classes=4, lr_sizes=(8, 16), opts=opts, loss=resolve_loss("approach1"))
 
 
 def test_crb_loss_is_the_head_on_the_cross_resolution_batch():

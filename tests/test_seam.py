@@ -36,12 +36,10 @@ from lrfr_cli.engine.tasks import (
 )
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.losses import (
-    _REGISTRY,
+    LOSSES,
     CosFaceHead,
-    LossEntry,
     build_head,
     describe_losses,
-    parse_loss_opts,
 )
 
 from synthetic import make_identity_faces
@@ -367,13 +365,13 @@ def test_fit_with_the_pk_sampler(tmp_path):
 
 # --------------------------------------------------------------------------- losses: options and help
 def test_loss_options_are_typed_checked_and_listed(monkeypatch):
-    assert parse_loss_opts("sphereface", ["m=3", "lambda_min=2"]) == {"m": 3.0, "lambda_min": 2.0}
+    assert LOSSES.parse_options("sphereface", ["m=3", "lambda_min=2"]) == {"m": 3.0, "lambda_min": 2.0}
     with pytest.raises(LrfrError, match="no option 'q'.*s=64"):
-        parse_loss_opts("cosface", ["q=1"])
+        LOSSES.parse_options("cosface", ["q=1"])
     with pytest.raises(LrfrError, match="float"):
-        parse_loss_opts("cosface", ["m=big"])
+        LOSSES.parse_options("cosface", ["m=big"])
     with pytest.raises(LrfrError, match="KEY=VALUE"):
-        parse_loss_opts("cosface", ["m"])
+        LOSSES.parse_options("cosface", ["m"])
     with pytest.raises(LrfrError, match="softmax has no option m"):
         build_head("softmax", 4, 2, m=0.3)
 
@@ -387,8 +385,9 @@ def test_loss_options_are_typed_checked_and_listed(monkeypatch):
             super().__init__(embedding_size, num_classes, s=s, m=m)
             self.gamma = gamma
 
-    monkeypatch.setitem(_REGISTRY, "toy", LossEntry(Toy, Toy.summary))
-    assert build_head("toy", 4, 2, **parse_loss_opts("toy", ["gamma=0.5"])).gamma == 0.5
+    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))  # the registration below ends with the test
+    LOSSES.register("toy", Toy)
+    assert build_head("toy", 4, 2, **LOSSES.parse_options("toy", ["gamma=0.5"])).gamma == 0.5
     assert "toy (s=64, m=0.35, gamma=2): a toy loss for the registry test" in describe_losses()
 
 

@@ -34,7 +34,6 @@ CRB_MODE_HELP = (
     "split: a share --lr-prob of the batch replaced by LR versions (the thesis seed's)."
 )
 DEFAULT_LR_SIZES: tuple[int, ...] = (16,)
-CRB_POLICIES = ("off", "default", "required")
 
 
 class CRBBatch(NamedTuple):
@@ -72,31 +71,6 @@ def check_crb_options(sizes: Sequence[int], mode: str, lr_prob: float, height: i
             raise LrfrError(f"--lr-sizes: size {s}px must be below the input height {height}px")
         out.append(int(s))
     return tuple(sorted(set(out)))
-
-
-def resolve_crb(requested: bool | None, policy: str, loss: str) -> bool:
-    """Whether a run uses CRB: ``requested`` (``--crb/--no-crb``, None = not given) against the
-    loss's ``policy`` (``off``: CRB only when asked; ``default``: on unless ``--no-crb``;
-    ``required``: on, and ``--no-crb`` is an error)."""
-    if policy not in CRB_POLICIES:
-        raise ValueError(f"unknown CRB policy {policy!r}")
-    if policy == "required":
-        if requested is False:
-            raise LrfrError(f"--loss {loss} needs cross-resolution batches (its margin depends on HR/LR); drop --no-crb")
-        return True
-    if requested is None:
-        return policy == "default"
-    return bool(requested)
-
-
-def crb_reason(requested: bool | None, policy: str, loss: str) -> str:
-    """Why a run has CRB on or off, in words for its ``config.json`` (a reader of a run should not
-    have to know each loss's default to tell why its batches were mixed)."""
-    if policy == "required":
-        return f"required by {loss} (its margin depends on the HR/LR flag)"
-    if requested is None:
-        return f"default for {loss}"
-    return "--crb" if requested else "--no-crb"
 
 
 def _cpu_generator(generator: torch.Generator | int) -> torch.Generator:
@@ -165,11 +139,8 @@ def cross_resolution_batch(
 __all__ = [
     "CRB_MODES",
     "CRB_MODE_HELP",
-    "CRB_POLICIES",
     "DEFAULT_LR_SIZES",
     "CRBBatch",
     "check_crb_options",
-    "crb_reason",
     "cross_resolution_batch",
-    "resolve_crb",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..losses.recipe import LossChoice
 from ..registry import Entry, Option, Registry
 from .base import FinetuneTask
 from .crb import CrbTask
@@ -62,16 +63,16 @@ def build_method(
     num_classes: int,
     lr_sizes: tuple[int, ...],
     opts: dict[str, Any],
-    loss: str | None,
-    head_kw: dict[str, Any],
+    loss: LossChoice | None,
     teacher: nn.Module | None = None,
     freeze_backbone: bool = False,
     head_lr_scale: float = 1.0,
 ) -> FinetuneTask:
-    """The method's task around the student ``model`` (``teacher``: a frozen copy of the parent)."""
+    """The method's task around the student ``model`` (``teacher``: a frozen copy of the parent;
+    ``loss``: the identity head's, from :meth:`FinetuneTask.identity_loss`)."""
     cls = method_class(name)
     opts = resolve_options(name, opts)
-    head = cls.make_head(embedding_size, num_classes, loss, head_kw, opts)
+    head = cls.make_head(embedding_size, num_classes, loss, opts)
     kw: dict[str, Any] = {"lr_sizes": lr_sizes, "opts": opts, "freeze_backbone": freeze_backbone, "head_lr_scale": head_lr_scale}
     if cls.needs_teacher:
         if teacher is None:

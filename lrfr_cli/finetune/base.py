@@ -22,6 +22,7 @@ is the single-process one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +34,7 @@ from torch import nn
 from ..data.degrade import DegradeSpec, degrade_batch
 from ..engine.tasks import ClassifierTask, StepContext, step_seed
 from ..errors import LrfrError
+from ..losses.recipe import LossChoice, resolve_loss
 from ..registry import Option
 
 
@@ -169,8 +171,9 @@ class FinetuneTask(ClassifierTask):
     empty module when the method uses none) and the method's options.
 
     Subclasses set ``name``, ``summary``, ``options`` (``{key: Option}``, typed by the default unless ``kind`` says),
-    ``default_lr_sizes``, ``default_loss`` (``(loss, head options)`` of the identity head, or
-    ``None`` when the method builds its own classifier in :meth:`make_head`), and implement
+    ``default_lr_sizes``, ``default_loss`` (``(loss, head options)`` of the identity head, which
+    :meth:`identity_loss` resolves, or ``None`` when the method builds its own classifier in
+    :meth:`make_head`), and implement
     ``forward(batch, ctx) -> StepOutput``.
     """
 
@@ -211,12 +214,29 @@ class FinetuneTask(ClassifierTask):
         return cls.default_loss is not None
 
     @classmethod
-    def make_head(cls, embedding_size: int, num_classes: int, loss: str | None, head_kw: dict[str, Any], opts: dict[str, Any]) -> nn.Module:
-        from ..losses import build_head
+    def identity_loss(cls, loss: str | None, items: Sequence[str], opts: dict[str, Any]) -> LossChoice | None:
+        """The identity head's loss for ``--loss``/``--loss-opt`` (None: the method's default,
+        with its options unless another loss is named), or None when the method has no identity
+        head with these ``opts``; one-line errors when the flags have nothing to apply to."""
+        if cls.default_loss is None:
+            if loss or items:
+                raise LrfrError(f"--loss/--loss-opt: method {cls.name} has its own classifier (set it with --method-opt)")
+            return None
+        if not cls.uses_head(opts):
+            if loss or items:
+                raise LrfrError(f"--loss/--loss-opt: method {cls.name} uses no identity loss with these options (octuplet: give --id-weight > 0)")
+            return None
+        default, defaults = cls.default_loss
+        choice = resolve_loss(loss or default, items)
+        if choice.name != default or not defaults:
+            return choice
+        return replace(choice, head_kw={**defaults, **choice.head_kw})
 
+    @classmethod
+    def make_head(cls, embedding_size: int, num_classes: int, loss: LossChoice | None, opts: dict[str, Any]) -> nn.Module:
         if not cls.uses_head(opts) or loss is None:
             return nn.ModuleDict()  # nothing to train, nothing to checkpoint
-        return build_head(loss, embedding_size, num_classes, **head_kw)
+        return loss.build(embedding_size, num_classes)
 
     def has_head(self) -> bool:
         return any(True for _ in self.head.parameters())

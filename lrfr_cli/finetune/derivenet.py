@@ -31,6 +31,7 @@ from torch import nn
 
 from ..engine.tasks import Batch, StepContext, StepOutput
 from ..errors import LrfrError
+from ..losses.recipe import LossChoice
 from ..registry import Option
 from .base import FinetuneTask
 
@@ -113,7 +114,7 @@ class DeriveNetTask(FinetuneTask):
             raise LrfrError(f"alpha {opts['alpha']}: the centre momentum must be in (0, 1]")
 
     @classmethod
-    def make_head(cls, embedding_size: int, num_classes: int, loss: str | None, head_kw: dict[str, Any], opts: dict[str, Any]) -> nn.Module:
+    def make_head(cls, embedding_size: int, num_classes: int, loss: LossChoice | None, opts: dict[str, Any]) -> nn.Module:
         return DeriveNetHead(embedding_size, num_classes, s=opts["s"], m=opts["m"], alpha=opts["alpha"])
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:

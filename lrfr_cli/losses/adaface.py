@@ -116,15 +116,15 @@ class AdaFaceHead(MarginHead):
         theta_m = (theta - m * z).clamp(self.eps, math.pi - self.eps)
         return torch.cos(theta_m) - (m + m * z)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        m = self.margins(embeddings, labels, margin)
+    def margin_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None, **fields: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``m`` and ẑ per sample. ẑ's EMA step happens here, where the sample lives: under the
+        sharded classifier it is all-reduced over ranks once per global batch."""
         z = self.norm_scaler(embeddings)
         self._last_scaler = z
-        idx = labels.view(-1, 1).long()
-        cos_t = cos.gather(1, idx).squeeze(1)
-        target = self.adaptive_target(cos_t, m, z)
-        return cos.scatter(1, idx, target.unsqueeze(1).to(cos.dtype)) * self.s
+        return {"m": self.margins(embeddings, labels, margin), "z": z}
+
+    def target_from_terms(self, cos_t: torch.Tensor, m: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.adaptive_target(cos_t, m, z)
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Named values for metrics.jsonl (0-d tensors; the caller decides when to sync)."""

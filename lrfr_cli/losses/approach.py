@@ -106,17 +106,17 @@ class Approach1Head(ArcFaceHead):
         hi = torch.full(flag.shape, self.m_lr, dtype=torch.float32, device=flag.device)
         return torch.where(flag, hi, torch.full_like(hi, self.m_hr))
 
-    def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None, *, is_lr: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def margin_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None, **fields: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``m_lr``/``m_hr`` by each sample's ``is_lr`` flag (unless ``margin`` is given)."""
         if margin is None:
+            is_lr = fields.get("is_lr")
             if is_lr is None:
                 raise ValueError("approach1 needs is_lr (one bool per sample, from cross-resolution batches)")
             if is_lr.numel() != embeddings.shape[0]:
                 raise ValueError(f"approach1: {is_lr.numel()} is_lr flags for {embeddings.shape[0]} embeddings")
             margin = self.sample_margins(is_lr).to(embeddings.device)
             self._last_margin = margin.detach()
-        return super().forward(embeddings, labels, margin)
+        return super().margin_terms(embeddings, labels, margin)
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Named values for metrics.jsonl (0-d tensors; the caller decides when to sync)."""
@@ -161,6 +161,14 @@ class Approach2Head(ArcFaceHead):
         super().__init__(embedding_size, num_classes, s=s, m=self.m_max)
         self._last: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def canonical_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` with the quality mode in its one spelling (``MEAN_ABS`` → ``mean-abs``),
+        so config.json and the run's identity do not depend on how it was typed."""
+        if "quality" in options:
+            options = {**options, "quality": check_quality_mode(options["quality"])}
+        return options
+
     def extra_repr(self) -> str:
         return (
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, s={self.s}, "
@@ -177,16 +185,17 @@ class Approach2Head(ArcFaceHead):
         self._last = {"quality_mean": q.mean(), "margin_mean": m.mean()}
         return m
 
-    def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None, *, images: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def margin_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None, **fields: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The margin from each sample's own image (unless ``margin`` is given): computed where
+        the sample lives, so under the sharded classifier raw images never travel."""
         if margin is None:
+            images = fields.get("images")
             if images is None:
                 raise ValueError("approach2 needs images (the raw batch the embeddings were computed from)")
             if images.shape[0] != embeddings.shape[0]:
                 raise ValueError(f"approach2: {images.shape[0]} images for {embeddings.shape[0]} embeddings")
             margin = self.sample_margins(images).to(embeddings.device)
-        return super().forward(embeddings, labels, margin)
+        return super().margin_terms(embeddings, labels, margin)
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Named values for metrics.jsonl (0-d tensors; the caller decides when to sync)."""

@@ -7,6 +7,12 @@ harder, ``target_logit(cos θ_y, m)``. The margin is a per-sample tensor, so ada
 (AdaFace, quality-adaptive margins) only have to say how ``m`` is computed, not re-implement the
 head: such a head lists the batch fields it reads in ``needs`` (e.g. ``("is_lr",)``) and receives
 them as keyword arguments of ``margins``; the classifier task supplies them.
+
+``forward`` is two hooks: ``margin_terms`` (per sample: ``m`` and whatever else the target
+needs, e.g. AdaFace's ẑ) and ``target_from_terms`` (the target cosine from ``cos θ_y`` and those
+terms). The sharded classifier calls the same two hooks on different ranks (the first where the
+sample lives, the second where its class lives), so a head that overrides them, and not
+``forward``, is sharded with no code of its own.
 """
 
 from __future__ import annotations
@@ -58,12 +64,25 @@ class MarginHead(nn.Module):
         """The target class's modified cosine (before scaling); plain cosine here."""
         return cos_t
 
+    # -- the sharding hooks (lrfr_cli.losses.sharded): the same margin, split in two stages ------
+    def margin_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None, **fields: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-sample terms of the margin (``{name: length-B tensor}``), computed where the
+        sample lives; statistics a head records for ``stats()`` are recorded here too."""
+        return {"m": self.margins(embeddings, labels, margin, **fields)}
+
+    def target_from_terms(self, cos_t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """The target cosine from ``cos θ_y`` and :meth:`margin_terms`' terms, where the class lives.
+
+        A head that overrides ``forward`` overrides both hooks too (in the same class), or it
+        cannot be sharded."""
+        return self.target_logit(cos_t, m)
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor | float | None = None, **fields: torch.Tensor) -> torch.Tensor:
         cos = self.cosine(embeddings)
-        m = self.margins(embeddings, labels, margin, **fields)
+        terms = self.margin_terms(embeddings, labels, margin, **fields)
         idx = labels.view(-1, 1).long()
         cos_t = cos.gather(1, idx).squeeze(1)
-        target = self.target_logit(cos_t, m)
+        target = self.target_from_terms(cos_t, **terms)
         logits = cos.scatter(1, idx, target.unsqueeze(1).to(cos.dtype))
         return logits * self.s
 

@@ -6,14 +6,14 @@ step. Here rank ``r`` of ``W`` holds only a contiguous class range ``[lo_r, hi_r
 by at most one), and a step communicates embeddings, not weights:
 
 1. **Where the sample lives** (its own rank), the wrapped head computes the sample's margin
-   *terms* with its own code: the plain margin ``m`` (``head.margins``), Approach1/2's
-   per-sample margin (``head.sample_margins`` from ``is_lr``/``images``), AdaFace's ``m`` and
-   ẑ (``head.norm_scaler``, whose EMA update all-reduces the norm statistics over ranks, so it
-   happens once per global batch and leaves μ, σ identical on every rank). Raw images never travel.
+   *terms* with its own hook ``margin_terms``: the plain margin ``m``, Approach1/2's per-sample
+   margin (from ``is_lr``/``images``), AdaFace's ``m`` and ẑ (whose EMA update all-reduces the
+   norm statistics over ranks, so it happens once per global batch and leaves μ, σ identical on
+   every rank). Raw images never travel.
 2. Embeddings (with an autograd-aware all-gather), labels and those terms are all-gathered.
 3. **Where the class lives**, each rank computes ``s·cos θ`` of every gathered embedding against
    its classes and replaces the target column of the samples whose class it owns by the head's
-   own target function (``target_logit``/``adaptive_target``) of ``cos θ_y`` and the terms.
+   own hook ``target_from_terms`` of ``cos θ_y`` and the terms.
 4. Cross-entropy over the whole class set from an all-reduced row max and an all-reduced sum of
    ``exp``; its backward is local (``softmax − one-hot``)/N, so the shard's weight gradient is
    exactly the unsharded head's rows, and no weight gradient is ever all-reduced (the weight must
@@ -37,12 +37,11 @@ slices this rank's range, so a checkpoint written by W ranks loads on any number
 an unsharded head, ``eval`` and ``finetune``. Optimiser state of the shard (momentum) goes the
 same way through :func:`gather_optimizer_state` / :func:`shard_optimizer_state`.
 
-Which heads: any :class:`~lrfr_cli.losses.margin.MarginHead` whose ``forward`` is the base one
-(cosface, arcface, sphereface and heads that only override ``margins``/``target_logit``),
-AdaFace and Approach1/2 through the adapters below, and any head that defines the two-method hook
-``margin_terms(embeddings, labels, margin, **fields) -> {name: B tensor}`` /
-``target_from_terms(cos_t, **terms) -> target cosine``. Softmax (a biased linear layer, no
-normalised weights) is not a margin head and is refused.
+Which heads: any head with the two-method hook ``margin_terms(embeddings, labels, margin,
+**fields) -> {name: B tensor}`` / ``target_from_terms(cos_t, **terms) -> target cosine`` defined
+where its ``forward`` is or below: every :class:`~lrfr_cli.losses.margin.MarginHead` that keeps
+the base ``forward`` (which is those two hooks), i.e. all of lrfr's margin losses, adaptive ones
+included. Softmax (a biased linear layer, no normalised weights) has no hooks and is refused.
 """
 
 from __future__ import annotations
@@ -59,7 +58,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LrfrError
-from .margin import MarginHead
 
 Terms = dict[str, torch.Tensor]
 
@@ -206,47 +204,24 @@ class MarginPlan:
         self.target = target
 
 
-def _check_len(name: str, field: str, value: torch.Tensor, n: int) -> None:
-    if value.shape[0] != n:
-        raise LrfrError(f"{name}: {value.shape[0]} values of {field} for {n} embeddings")
+def _defined_in(cls: type, attr: str) -> type | None:
+    """The class of ``cls``'s MRO whose body defines ``attr``."""
+    return next((c for c in cls.__mro__ if attr in vars(c)), None)
 
 
 def margin_plan(head: nn.Module) -> MarginPlan:
-    """The two-stage margin of ``head``; a one-line error for heads that cannot be sharded."""
-    from .adaface import AdaFaceHead
-    from .approach import Approach1Head, Approach2Head
+    """The two-stage margin of ``head`` (its ``margin_terms``/``target_from_terms`` hooks); a
+    one-line error for heads that cannot be sharded.
 
+    The hooks are trusted only when they are defined where ``forward`` is or below it: a head
+    that overrides ``forward`` but inherits the hooks computes something the hooks do not.
+    """
     name = getattr(head, "name", type(head).__name__)
-    if hasattr(head, "margin_terms") and hasattr(head, "target_from_terms"):
+    cls = type(head)
+    forward_in = _defined_in(cls, "forward")
+    hooks_in = [_defined_in(cls, hook) for hook in ("margin_terms", "target_from_terms")]
+    if forward_in is not None and all(h is not None and issubclass(h, forward_in) for h in hooks_in):
         return MarginPlan(head.margin_terms, head.target_from_terms)
-    if isinstance(head, AdaFaceHead):
-
-        def ada_terms(emb: torch.Tensor, labels: torch.Tensor, margin: Any, **fields: torch.Tensor) -> Terms:
-            z = head.norm_scaler(emb)  # the EMA step: all-reduced over ranks, once per global batch
-            head._last_scaler = z  # what AdaFaceHead.forward records for its stats()
-            return {"m": head.margins(emb, labels, margin), "z": z}
-
-        return MarginPlan(ada_terms, lambda cos_t, m, z: head.adaptive_target(cos_t, m, z))
-    if isinstance(head, (Approach1Head, Approach2Head)):
-        field = head.needs[0]
-
-        def approach_terms(emb: torch.Tensor, labels: torch.Tensor, margin: Any, **fields: torch.Tensor) -> Terms:
-            if margin is not None:
-                return {"m": head.margins(emb, labels, margin)}
-            if fields.get(field) is None:
-                raise LrfrError(f"loss {name} needs the batch field {field!r}")
-            _check_len(name, field, fields[field], emb.shape[0])
-            m = head.sample_margins(fields[field]).to(emb.device)
-            if isinstance(head, Approach1Head):
-                head._last_margin = m.detach()  # what Approach1Head.forward records for its stats()
-            return {"m": m}
-
-        return MarginPlan(approach_terms, lambda cos_t, m: head.target_logit(cos_t, m))
-    if isinstance(head, MarginHead) and type(head).forward is MarginHead.forward:
-        return MarginPlan(
-            lambda emb, labels, margin, **fields: {"m": head.margins(emb, labels, margin, **fields)},
-            lambda cos_t, m: head.target_logit(cos_t, m),
-        )
     raise LrfrError(
         f"loss {name} cannot use --classifier sharded: it is not a normalised margin head "
         "(or it overrides forward without the margin_terms/target_from_terms hook); use --classifier full"

@@ -24,7 +24,6 @@ from ..engine.tasks import Task
 from ..errors import LrfrError
 from ..finetune import build_method, method_class, parse_method_opts, resolve_options
 from ..finetune.base import check_pk
-from ..losses import build_head, heads, parse_loss_opts
 from ..models import INPUT_SIZE
 from ..protocols.lfw import validation_pairs
 from ..workspace import fingerprint_file
@@ -114,22 +113,8 @@ def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision
         "--triplet-margin": ("margin", a.triplet_margin), "--id-weight": ("id_weight", a.id_weight), "--p-down": ("p_down", a.p_down),
         "--p-down-end": ("p_down_end", a.p_down_end), "--lambda": ("lam", a.lam), "--feature-loss": ("feature_loss", a.feature_loss),
     }))
-    loss, loss_opt = a.loss, a.loss_opt
-    # The identity head: the method's default loss and options unless --loss/--loss-opt say otherwise.
-    head_loss: str | None = None
-    head_kw: dict[str, Any] = {}
-    if cls.default_loss is None:
-        if loss or loss_opt:
-            raise LrfrError(f"--loss/--loss-opt: method {method} has its own classifier (set it with --method-opt)")
-    elif cls.uses_head(opts):
-        head_loss = (loss or cls.default_loss[0]).lower()
-        if head_loss not in heads():
-            raise LrfrError(f"unknown loss {loss!r}; choose one of: {', '.join(heads())}")
-        head_kw = dict(cls.default_loss[1]) if head_loss == cls.default_loss[0] else {}
-        head_kw.update(parse_loss_opts(head_loss, loss_opt or []))
-    elif loss or loss_opt:
-        raise LrfrError(f"--loss/--loss-opt: method {method} uses no identity loss with these options (octuplet: give --id-weight > 0)")
-    if a.freeze_backbone and cls.default_loss is not None and head_loss is None:
+    id_loss = cls.identity_loss(a.loss, a.loss_opt or [], opts)
+    if a.freeze_backbone and cls.default_loss is not None and id_loss is None:
         raise LrfrError(f"--freeze-backbone: method {method} has no head to train with these options, so nothing would change")
     sizes = tuple(sorted(set(lr_sizes(a.lr_sizes)))) if a.lr_sizes else cls.default_lr_sizes
     bad = [s for s in sizes if s >= INPUT_SIZE]
@@ -150,8 +135,8 @@ def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision
                       sampler="pk", images_per_identity=a.k, lr=base_lr)
     if "ramp_steps" in opts and opts.get("p_down_end") is not None and int(opts["ramp_steps"]) == 0:
         opts["ramp_steps"] = plan_steps(batches_per_epoch("pk", ts.labels, cfg.global_batch, 1, k=a.k), cfg)
-    if head_loss:
-        build_head(head_loss, emb, ts.num_classes, **head_kw)  # fail on bad head options before claiming the run
+    if id_loss:
+        id_loss.check(emb, ts.num_classes)  # fail on bad head options before claiming the run
     task_opts = {"freeze_backbone": a.freeze_backbone, "head_lr_scale": head_scale}
     parent_rec = {"name": parent.name, "source": parent.source, "backbone": parent.backbone,
                   "checkpoint": str(parent.checkpoint), "checkpoint_sha1": parent.sha1}
@@ -165,8 +150,8 @@ def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision
             "; then inside the imported graph's wrapper: " + _contract_text(parent.contract) if parent.contract else ""),
         "method": method,
         "method_opts": opts,
-        "loss": head_loss,
-        "head": head_kw,
+        "loss": id_loss.name if id_loss else None,
+        "head": id_loss.head_kw if id_loss else {},
         "lr_sizes": list(sizes),
         "pk": {"p": a.p, "k": a.k},
         "num_classes": ts.num_classes,
@@ -188,7 +173,7 @@ def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision
     def build_task(ts: TrainingSet) -> Task:
         return build_method(
             method, copy.deepcopy(parent.module), embedding_size=emb, num_classes=ts.num_classes, lr_sizes=sizes,
-            opts=opts, loss=head_loss, head_kw=head_kw, teacher=copy.deepcopy(parent.module) if cls.needs_teacher else None,
+            opts=opts, loss=id_loss, teacher=copy.deepcopy(parent.module) if cls.needs_teacher else None,
             **task_opts,
         )
 
