@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from ..data.batch_fields import CrossResolutionBatches
 from ..data.crb import (
     CRB_MODE_HELP,
     DEFAULT_LR_SIZES,
@@ -26,7 +27,7 @@ from ..engine import resolve_device, resolve_precision
 from ..engine.loop import LoopConfig
 from ..engine.optim import OPTIMIZERS, SCHEDULES
 from ..engine.runner import TrainingRun, pair_validation, run_training
-from ..engine.tasks import ClassifierTask, CrossResolutionBatches, Task
+from ..engine.tasks import ClassifierTask, Task
 from ..errors import LrfrError
 from ..losses import (
     build_head,
