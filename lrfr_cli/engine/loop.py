@@ -226,10 +226,7 @@ def _fit(
     """
     stop = stop or StopRequest()  # not entered: never requested
     run_dir, main = Path(run_dir), info.is_main
-
-    def say(msg: str) -> None:
-        if main and log:
-            log(msg)
+    say: Callable[[str], None] = log if main and log else lambda msg: None
 
     labels = _sampler_labels(dataset, cfg)
     per_epoch = batches_per_epoch(cfg.sampler, labels, cfg.global_batch, info.world_size, **cfg.sampler_opts())
@@ -308,20 +305,9 @@ def _fit(
     ckpt.save(LAST, state)
     barrier()
     seconds = time.time() - metrics.start
-    return FitResult(
-        step=state.step,
-        epoch=state.epoch,
-        total_steps=total,
-        loss=loss_val,
-        first_loss=first_loss,
-        seconds=seconds,
-        images_per_s=(state.step - (resumed_from or 0)) * cfg.global_batch / max(seconds, 1e-9),
-        resumed_from=resumed_from,
-        best=state.best,
-        last_val=last_val,
-        steps_per_epoch=per_epoch,
-        terms=last_terms,
-    )
+    return FitResult(step=state.step, epoch=state.epoch, total_steps=total, loss=loss_val, first_loss=first_loss, seconds=seconds,
+                     images_per_s=(state.step - (resumed_from or 0)) * cfg.global_batch / max(seconds, 1e-9), resumed_from=resumed_from,
+                     best=state.best, last_val=last_val, steps_per_epoch=per_epoch, terms=last_terms)
 
 
 __all__ = ["FitResult", "LoopConfig", "NonFiniteLoss", "fit", "plan_steps"]
