@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lrfr_cli.data.crb as crb_module
 import lrfr_cli.losses.approach as approach_module
+from lrfr_cli.data.batch_fields import CrossResolutionBatches
 from lrfr_cli.data.cache import CachedDataset, build_cache
 from lrfr_cli.data.datasets import (
     EpochBatchSampler,
@@ -54,8 +55,8 @@ from lrfr_cli.data.datasets import (
     resolve_training_data,
 )
 from lrfr_cli.engine import dist_info, resolve_device
-from lrfr_cli.engine.loop import ClassifierTask, LoopConfig, fit
-from lrfr_cli.engine.tasks import CrossResolutionBatches
+from lrfr_cli.engine.loop import LoopConfig, fit
+from lrfr_cli.engine.tasks import ClassifierTask
 from lrfr_cli.losses import build_head
 from lrfr_cli.models import build_backbone
 

@@ -309,7 +309,8 @@ def profile_row(row: Row, steps: int, workers: int, work: Path, out_dir: Path) -
     from train import Synthetic  # benchmarks/train.py: random faces held in memory
 
     from lrfr_cli.engine import dist_info, resolve_device
-    from lrfr_cli.engine.loop import ClassifierTask, LoopConfig, fit
+    from lrfr_cli.engine.loop import LoopConfig, fit
+    from lrfr_cli.engine.tasks import ClassifierTask
     from lrfr_cli.losses import build_head
     from lrfr_cli.models import build_backbone
 

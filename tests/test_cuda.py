@@ -130,7 +130,8 @@ torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 from lrfr_cli.data.datasets import open_dataset, resolve_training_data
 from lrfr_cli.engine.distributed import DistInfo
-from lrfr_cli.engine.loop import ClassifierTask, LoopConfig, fit
+from lrfr_cli.engine.loop import LoopConfig, fit
+from lrfr_cli.engine.tasks import ClassifierTask
 from lrfr_cli.engine.seed import seed_everything
 from lrfr_cli.losses import build_head
 from lrfr_cli.models import build_backbone

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lrfr_cli.data.crb import cross_resolution_batch
-from lrfr_cli.engine.tasks import StepContext, step_seed
+from lrfr_cli.engine.seed import step_seed
+from lrfr_cli.engine.tasks import StepContext
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.finetune import build_method, resolve_options
 from lrfr_cli.losses.recipe import resolve_loss

@@ -22,18 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrfr_cli.data.batch_fields import CrossResolutionBatches
 from lrfr_cli.data.samplers import PKBatchSampler, build_sampler
 from lrfr_cli.engine import load_checkpoint
 from lrfr_cli.engine.distributed import DistInfo
-from lrfr_cli.engine.loop import LoopConfig, Validation, fit
-from lrfr_cli.engine.tasks import (
-    ClassifierTask,
-    CrossResolutionBatches,
-    StepContext,
-    StepOutput,
-    Task,
-    step_seed,
-)
+from lrfr_cli.engine.loop import LoopConfig, fit
+from lrfr_cli.engine.seed import step_seed
+from lrfr_cli.engine.tasks import ClassifierTask, StepContext, StepOutput, Task
+from lrfr_cli.engine.validation import Validation
 from lrfr_cli.errors import LrfrError
 from lrfr_cli.losses import (
     LOSSES,

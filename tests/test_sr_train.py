@@ -19,7 +19,8 @@ from test_sr_metrics import ref_psnr
 
 from lrfr_cli.data.degrade import DegradeSpec, degrade_array
 from lrfr_cli.data.images import load_rgb
-from lrfr_cli.engine.tasks import StepContext, step_seed
+from lrfr_cli.engine.seed import step_seed
+from lrfr_cli.engine.tasks import StepContext
 from lrfr_cli.models import build_backbone
 from lrfr_cli.models.sr import SRCNN, Discriminator, SRResNet
 from lrfr_cli.sr.infer import load_sr_run, super_resolve

@@ -4,7 +4,10 @@ One linear loop, many tasks (:mod:`.tasks`). The task computes a step's loss fro
 the loop owns everything else: the sampler, DDP wrapping, precision, the optimiser step over the
 task's parameter groups, the learning-rate schedule, ``metrics.jsonl`` (the loss and the task's
 named terms), checkpoints, resume, the NaN stop and per-epoch validation on the metric the
-:class:`Validation` names.
+:class:`~.validation.Validation` names. Its pieces live beside it: :class:`~.checkpointer.Checkpointer`
+(save, restore), :class:`~.metrics_log.MetricsLog` (the one writer of ``metrics.jsonl``),
+:class:`~.validation.Validator` (when to validate, ``best.pt``); how a task's state spreads over
+the ranks (DDP, optimiser state, gradient norm) is the task's :meth:`~.tasks.Task.state_hooks`.
 
 Determinism contract (CPU): the data order is a function of ``(seed, epoch)`` (the samplers in
 :mod:`lrfr_cli.data.samplers`), on-device randomness a function of ``(seed, step, rank)``
@@ -15,7 +18,6 @@ killed and resumed ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -30,25 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.samplers import batches_per_epoch, build_sampler
 from ..errors import LrfrError
-from ..losses.sharded import (
-    clip_grad_norm_,
-    gather_optimizer_state,
-    mark_ddp_ignored,
-    shard_optimizer_state,
-    sharded_modules,
-)
-from ..workspace import atomic_write_text
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpointer import LAST, Checkpointer, RunState
 from .device import autocast, grad_scaler
-from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object
+from .distributed import DistInfo, all_reduce_mean, barrier
+from .metrics_log import MetricsLog
 from .optim import LRSchedule, build_optimizer
-from .seed import rng_state, set_rng_state
 from .signals import StopRequest, quiet_worker_init
-from .tasks import Batch, ClassifierTask, StepContext, StepOutput, Task
-
-LAST = "last.pt"
-BEST = "best.pt"
-_RESERVED = {"step", "epoch", "loss", "lr", "images_per_s", "time", "event"}
+from .tasks import Batch, StateHooks, StepContext, StepOutput, Task
+from .validation import Validation, Validator
 
 
 class NonFiniteLoss(LrfrError):
@@ -94,23 +85,6 @@ class LoopConfig:
 
 
 @dataclass
-class Validation:
-    """Validation after every epoch (or every ``every`` steps, and at the end): ``run(task)``
-    returns metrics including ``metric``, which picks ``best.pt`` (higher is better unless
-    ``higher_is_better=False``). Runs on rank 0 only."""
-
-    run: Callable[[Task], dict[str, float]]
-    metric: str = "val_acc"
-    higher_is_better: bool = True
-    every: int = 0  # steps between validations; 0 = at each epoch's end
-
-    def better(self, value: float, best: dict[str, Any] | None) -> bool:
-        if best is None or self.metric not in best:
-            return True
-        return value > best[self.metric] if self.higher_is_better else value < best[self.metric]
-
-
-@dataclass
 class FitResult:
     step: int
     epoch: int
@@ -141,10 +115,6 @@ def plan_steps(per_epoch: int, cfg: LoopConfig) -> int:
     return total
 
 
-def _unwrap_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() if v.is_floating_point() else v for k, v in module.state_dict().items()}
-
-
 def _to_batch(item: Any, device: torch.device) -> Batch:
     """A loader item (``(images, labels, ...)`` tuple or a dict of fields) as a Batch on ``device``."""
     if isinstance(item, dict):
@@ -155,6 +125,77 @@ def _to_batch(item: Any, device: torch.device) -> Batch:
             raise LrfrError("a dataset item with more than (image, label) must be a dict of named fields")
         fields = {"images": images, "labels": labels}
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in fields.items()}
+
+
+def _sampler_labels(dataset: Dataset, cfg: LoopConfig) -> np.ndarray:
+    """The labels the sampler draws from (zeros for the epoch sampler when the data has none)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        if cfg.sampler != "epoch":
+            raise LrfrError(f"--sampler {cfg.sampler} needs a dataset with labels")
+        labels = np.zeros(len(dataset), dtype=np.int64)  # type: ignore[arg-type]
+    return np.asarray(labels)
+
+
+def _epoch_loader(dataset: Dataset, labels: np.ndarray, cfg: LoopConfig, state: RunState, info: DistInfo, device: torch.device) -> DataLoader:
+    """The rest of ``state.epoch``'s batches for this rank, from ``state.batch_in_epoch`` on."""
+    sampler = build_sampler(cfg.sampler, labels, cfg.global_batch, cfg.seed, state.epoch, info.rank, info.world_size, cfg.flip, start=state.batch_in_epoch, **cfg.sampler_opts())
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+        worker_init_fn=quiet_worker_init if cfg.workers > 0 else None,
+    )
+
+
+def _wrap(task: Task, hooks: StateHooks, info: DistInfo, device: torch.device, compile: bool) -> nn.Module:
+    """The module the steps call: DDP around the task when distributed (minus what the hooks keep
+    out of it), compiled on request."""
+    net: nn.Module = task
+    if info.is_distributed:
+        hooks.keep_out_of_ddp(task)
+        net = nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return net
+
+
+def _step_values(out: StepOutput, names: list[str], stop: StopRequest) -> list[float]:
+    """``[loss, *terms]`` averaged over ranks. One reduction and one host sync per step; the
+    Ctrl-C flag rides along, so every rank stops at the same step (see .signals), before this
+    step's update: the last checkpoint is the state to resume."""
+    loss = out.loss
+    scalars = torch.stack([loss.detach().float().reshape(()), *(out.terms[k].detach().float().reshape(()) for k in names),
+                           torch.tensor(float(stop.requested), device=loss.device)])
+    values = all_reduce_mean(scalars).tolist()
+    if values.pop() > 0:
+        raise KeyboardInterrupt
+    return values
+
+
+def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor], clip: float | None, hooks: StateHooks) -> None:
+    """Backward and one optimiser step (through the scaler; gradients clipped to ``clip``)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip:
+        scaler.unscale_(optimizer)
+        hooks.clip_grad_norm(params, clip)  # the whole model's norm, also when the head is sharded
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def _non_finite(loss: float, state: RunState, last: Path, metrics: MetricsLog, say: Callable[[str], None]) -> NonFiniteLoss:
+    """Log the NaN stop (log and ``metrics.jsonl``) and the error that ends the run."""
+    msg = (
+        f"loss became {loss} at step {state.step + 1}; stopped. The last good checkpoint "
+        f"({last if last.exists() else 'none yet'}) is kept: re-run with a lower --lr (or --clip-grad, or --precision fp32) and --resume --force to continue from it"
+    )
+    say(msg)
+    metrics.write_non_finite(state.step + 1, state.epoch, loss)
+    return NonFiniteLoss(msg)
 
 
 def fit(*args: Any, **kwargs: Any) -> FitResult:
@@ -184,252 +225,89 @@ def _fit(
     for the codes the sampler gives; it needs ``labels`` (an array) for the ``pk`` sampler.
     """
     stop = stop or StopRequest()  # not entered: never requested
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-    main = info.is_main
+    run_dir, main = Path(run_dir), info.is_main
+    say: Callable[[str], None] = log if main and log else lambda msg: None
 
-    def say(msg: str) -> None:
-        if main and log:
-            log(msg)
-
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        if cfg.sampler != "epoch":
-            raise LrfrError(f"--sampler {cfg.sampler} needs a dataset with labels")
-        labels = np.zeros(len(dataset), dtype=np.int64)  # type: ignore[arg-type]
-    labels = np.asarray(labels)
+    labels = _sampler_labels(dataset, cfg)
     per_epoch = batches_per_epoch(cfg.sampler, labels, cfg.global_batch, info.world_size, **cfg.sampler_opts())
     total = plan_steps(per_epoch, cfg)
     task.to(device)
     if cfg.channels_last:
         task.to(memory_format=torch.channels_last)
-    modules = task.checkpoint_modules()
-    # Sharded class weights (--classifier sharded): saving gathers them (and their optimiser
-    # state) to rank 0, so every rank takes part in a checkpoint; loading slices each rank's range.
-    shards = [m for mod in modules.values() for _, m in sharded_modules(mod)]
-    groups = task.param_groups(cfg.weight_decay)
-    optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
-    group_options = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    hooks = task.state_hooks()
+    optimizer = build_optimizer(cfg.optimizer, task.param_groups(cfg.weight_decay), cfg.lr, cfg.momentum)
     lr_scales = [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     schedule = LRSchedule(cfg.lr, total, min(cfg.warmup_steps, total), cfg.schedule, cfg.min_lr)
     scaler = grad_scaler(device, cfg.precision)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-
-    step, epoch, batch_in_epoch = 0, 0, 0
-    resumed_from = None
-    best: dict[str, Any] | None = None
-    last_path = ckpt_dir / LAST
+    ckpt = Checkpointer(run_dir / "checkpoints", task.checkpoint_modules(), optimizer, schedule, scaler, hooks, config=config, main=main)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", main)
+    state, resumed_from = RunState(), None
     if resume:
-        if not last_path.is_file():
-            raise LrfrError(f"--resume: no checkpoint at {last_path}; start the run without --resume")
-        # Onto the CPU: the RNG states in it must stay CPU ByteTensors (set_rng_state refuses CUDA
-        # ones); load_state_dict copies weights, and the optimiser casts its state, to each
-        # parameter's device.
-        ck = load_checkpoint(last_path, map_location="cpu")
-        missing = [k for k in (*modules, "optimizer", "step") if k not in ck]
-        if missing:
-            raise LrfrError(f"{last_path}: not an lrfr training checkpoint (missing {', '.join(missing)})")
-        for name, mod in modules.items():
-            mod.load_state_dict(ck[name])
-        n_saved = len(ck["optimizer"].get("param_groups", []))
-        if n_saved != len(optimizer.param_groups):
-            raise LrfrError(
-                f"{last_path}: its optimiser has {n_saved} parameter group(s), this task {len(optimizer.param_groups)} "
-                "(a frozen/unfrozen part changed); start the run over with --force"
-            )
-        optimizer.load_state_dict(shard_optimizer_state(ck["optimizer"], optimizer, shards) if shards else ck["optimizer"])
-        # The state (momenta) continues; the hyper-parameters are this command's (--resume --force
-        # with a new --weight-decay or --momentum takes effect), identical on a plain resume.
-        for g, opts in zip(optimizer.param_groups, group_options):
-            g.update(opts)
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        step, epoch, batch_in_epoch = int(ck["step"]), int(ck.get("epoch", 0)), int(ck.get("batch_in_epoch", 0))
-        best = ck.get("best")
-        if "rng" in ck:
-            set_rng_state(ck["rng"])
-        resumed_from = step
-        if main and metrics_path.exists():  # drop metrics logged after the checkpoint (they will be redone)
-            kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-            atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
-        say(f"resumed from {last_path} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
-
-    net: nn.Module = task
-    if info.is_distributed:
-        mark_ddp_ignored(task)  # each rank's shard is its own: DDP must not broadcast or average it
-        net = nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-
-    def checkpoint(path: Path, ep: int, bie: int) -> None:
-        if not main and not shards:
-            return
-        state: dict[str, Any] = {name: _unwrap_state(mod) for name, mod in modules.items()}
-        opt_state = gather_optimizer_state(optimizer, shards) if shards else optimizer.state_dict()
-        if not main:
-            return
-        state.update(
-            optimizer=opt_state,
-            scheduler=dict(schedule.state_dict(), step=step),
-            scaler=scaler.state_dict() if scaler.is_enabled() else {},
-            step=step,
-            epoch=ep,
-            batch_in_epoch=bie,
-            rng=rng_state(),
-            config=config,
-            best=best,
-        )
-        save_checkpoint(path, state)
-
-    val_step = -1  # the step last validated (never twice at one step)
-
-    def run_validation(ep: int, bie: int | None = None) -> dict[str, float] | None:
-        nonlocal best, val_step
-        if validation is None or val_step == step:
-            return None
-        val_step = step
-        res = None
-        improved = False
-        if main:
-            res = validation.run(task)
-            if validation.metric not in res:
-                raise LrfrError(f"validation returned no {validation.metric!r} (got {', '.join(res) or 'nothing'})")
-            say(f"validation after epoch {ep}: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()))
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps({"step": step, "epoch": ep, **res}) + "\n")
-            if validation.better(res[validation.metric], best):
-                best = {"metric": validation.metric, validation.metric: res[validation.metric], "step": step, "epoch": ep}
-                improved = True
-                if not shards:
-                    checkpoint(ckpt_dir / BEST, ep, per_epoch if bie is None else bie)
-        if shards and broadcast_object(improved):
-            checkpoint(ckpt_dir / BEST, ep, per_epoch if bie is None else bie)  # a collective: every rank joins
-        barrier()
-        return res
-
+        state = ckpt.restore()
+        resumed_from = state.step
+        metrics.drop_after(state.step)  # the lines after the checkpoint will be redone
+        say(f"resumed from {ckpt.last} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    net = _wrap(task, hooks, info, device, cfg.compile)
+    validate = Validator(validation, task, state, ckpt, metrics, say, main=main, per_epoch=per_epoch)
     if main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.folder.mkdir(parents=True, exist_ok=True)
     task.train()
-    t_start = time.time()
-    win_t, win_imgs, imgs_total = time.time(), 0, 0
+    metrics.start_clock()
     loss_val: float | None = None
     first_loss: float | None = None
     last_terms: dict[str, float] | None = None
     last_val = None
-    window: list[list[float]] = []
-    term_names: list[str] | None = None
     if progress:
-        progress(step, total=total)
-    while step < total:
-        sampler = build_sampler(cfg.sampler, labels, cfg.global_batch, cfg.seed, epoch, info.rank, info.world_size, cfg.flip, start=batch_in_epoch, **cfg.sampler_opts())
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=cfg.workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if cfg.workers > 0 else None,
-            worker_init_fn=quiet_worker_init if cfg.workers > 0 else None,
-        )
-        for item in loader:
-            lr = schedule(step)
+        progress(state.step, total=total)
+    while state.step < total:
+        for item in _epoch_loader(dataset, labels, cfg, state, info, device):
+            lr = schedule(state.step)
             for g, scale in zip(optimizer.param_groups, lr_scales):
                 g["lr"] = lr * scale
-            batch = _to_batch(item, device)
-            ctx = StepContext(step, epoch, cfg.seed, device, info.rank, info.world_size, cfg.precision, cfg.channels_last)
+            ctx = StepContext(state.step, state.epoch, cfg.seed, device, info.rank, info.world_size, cfg.precision, cfg.channels_last)
             with autocast(device, cfg.precision):
-                out = net(batch, ctx)
+                out = net(_to_batch(item, device), ctx)
             if not isinstance(out, StepOutput):
                 raise TypeError(f"{type(task).__name__}.forward must return a StepOutput, got {type(out).__name__}")
-            loss = out.loss
-            if term_names is None:
-                term_names = list(out.terms)
-                clash = _RESERVED.intersection(term_names)
-                if clash:
-                    raise ValueError(f"{type(task).__name__}: loss term name(s) {sorted(clash)} are reserved in metrics.jsonl")
-            # One reduction and one host sync per step for the loss and all its terms.
-            # The Ctrl-C flag rides along, so every rank stops at the same step (see .signals).
-            scalars = torch.stack([loss.detach().float().reshape(()), *(out.terms[k].detach().float().reshape(()) for k in term_names),
-                                   torch.tensor(float(stop.requested), device=loss.device)])
-            values = all_reduce_mean(scalars).tolist()
-            if values.pop() > 0:
-                raise KeyboardInterrupt  # before this step's update: the last checkpoint is the state to resume
+            names = metrics.term_names(out.terms, type(task).__name__)
+            values = _step_values(out, names, stop)
             loss_val = values[0]
             if not math.isfinite(loss_val):
-                msg = (
-                    f"loss became {loss_val} at step {step + 1}; stopped. The last good checkpoint "
-                    f"({last_path if last_path.exists() else 'none yet'}) is kept: re-run with a lower --lr (or --clip-grad, or --precision fp32) and --resume --force to continue from it"
-                )
-                say(msg)
-                if main:
-                    with open(metrics_path, "a") as fh:
-                        fh.write(json.dumps({"step": step + 1, "epoch": epoch, "loss": str(loss_val), "event": "non-finite loss"}) + "\n")
-                raise NonFiniteLoss(msg)
+                raise _non_finite(loss_val, state, ckpt.last, metrics, say)
             if first_loss is None:
                 first_loss = loss_val
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                if shards:  # the norm of the whole model, shards summed over ranks
-                    clip_grad_norm_(params, cfg.clip_grad, shards)
-                else:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            batch_in_epoch += 1
-            task.on_step(step)
-            n_img = cfg.global_batch
-            win_imgs += n_img
-            imgs_total += n_img
-            window.append(values)
-            if step % cfg.log_every == 0 or step == total:
-                now = time.time()
-                ips = win_imgs / max(now - win_t, 1e-9)
-                if main:
-                    means = np.mean(np.asarray(window, dtype=np.float64), axis=0).tolist()
-                    rec = {"step": step, "epoch": epoch, "loss": means[0], **dict(zip(term_names, means[1:])),
-                           "lr": lr, "images_per_s": round(ips, 2), "time": round(now - t_start, 3)}
-                    with open(metrics_path, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
-                win_t, win_imgs, window = now, 0, []
-            last_terms = dict(zip(term_names, values[1:]))
+            _update(out.loss, optimizer, scaler, params, cfg.clip_grad, hooks)
+            state.step += 1
+            state.batch_in_epoch += 1
+            task.on_step(state.step)
+            metrics.add_step(values, cfg.global_batch)
+            if state.step % cfg.log_every == 0 or state.step == total:
+                metrics.write_steps(state.step, state.epoch, lr)
+            last_terms = dict(zip(names, values[1:]))
             if progress:
-                progress(1, loss=loss_val, lr=lr, epoch=epoch)
-            if step % cfg.checkpoint_every == 0 and step < total:
-                checkpoint(last_path, epoch, batch_in_epoch)
-            if validation is not None and validation.every and step % validation.every == 0 and step < total:
-                last_val = run_validation(epoch, batch_in_epoch)
-            if step >= total:
+                progress(1, loss=loss_val, lr=lr, epoch=state.epoch)
+            if state.step % cfg.checkpoint_every == 0 and state.step < total:
+                ckpt.save(LAST, state)
+            if validate.due_at_step(state.step, total):
+                last_val = validate(state.epoch, state.batch_in_epoch)
+            if state.step >= total:
                 break
-        if batch_in_epoch >= per_epoch:
-            epoch += 1
-            batch_in_epoch = 0
-            if validation is not None and not validation.every:
-                last_val = run_validation(epoch - 1)
-            if step < total:
-                checkpoint(last_path, epoch, 0)
-    if batch_in_epoch > 0 or (validation is not None and validation.every):  # mid-epoch stop, or a step schedule: validate the end
-        last_val = run_validation(epoch, batch_in_epoch) or last_val
-    checkpoint(last_path, epoch, batch_in_epoch)
+        if state.batch_in_epoch >= per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if validate.due_at_epoch_end():
+                last_val = validate(state.epoch - 1)
+            if state.step < total:
+                ckpt.save(LAST, state)
+    if state.batch_in_epoch > 0 or validate.every:  # mid-epoch stop, or a step schedule: validate the end
+        last_val = validate(state.epoch, state.batch_in_epoch) or last_val
+    ckpt.save(LAST, state)
     barrier()
-    seconds = time.time() - t_start
-    return FitResult(
-        step=step,
-        epoch=epoch,
-        total_steps=total,
-        loss=loss_val,
-        first_loss=first_loss,
-        seconds=seconds,
-        images_per_s=imgs_total / max(seconds, 1e-9),
-        resumed_from=resumed_from,
-        best=best,
-        last_val=last_val,
-        steps_per_epoch=per_epoch,
-        terms=last_terms,
-    )
+    seconds = time.time() - metrics.start
+    return FitResult(step=state.step, epoch=state.epoch, total_steps=total, loss=loss_val, first_loss=first_loss, seconds=seconds,
+                     images_per_s=(state.step - (resumed_from or 0)) * cfg.global_batch / max(seconds, 1e-9), resumed_from=resumed_from,
+                     best=state.best, last_val=last_val, steps_per_epoch=per_epoch, terms=last_terms)
 
 
-__all__ = ["BEST", "LAST", "ClassifierTask", "FitResult", "LoopConfig", "NonFiniteLoss", "Validation", "fit", "plan_steps"]
+__all__ = ["FitResult", "LoopConfig", "NonFiniteLoss", "fit", "plan_steps"]

@@ -29,10 +29,12 @@ import torch
 from ..data.datasets import FaceDataset, TrainingSet, open_dataset
 from ..errors import LrfrError
 from ..workspace import Workspace, atomic_write_json
+from .checkpointer import LAST
 from .distributed import barrier, broadcast_object, cleanup, init_distributed
-from .loop import LAST, FitResult, LoopConfig, Validation, fit
+from .loop import FitResult, LoopConfig, fit
 from .seed import seed_everything
 from .tasks import Task
+from .validation import Validation
 
 if TYPE_CHECKING:
     from ..data.binfile import BinPack

@@ -1,7 +1,8 @@
-"""Seeding and RNG state capture (for bit-for-bit resume on CPU)."""
+"""Seeding, per-step seeds and RNG state capture (for bit-for-bit resume on CPU)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -11,10 +12,22 @@ import torch
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (initial weights; on-device step randomness has its own
-    per-step generators, see ``engine.tasks.step_seed``)."""
+    per-step generators, see :func:`step_seed`)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of step ``step`` on ``rank``: the first 8 bytes of SHA-256 of ``"seed:step:rank"``,
+    little-endian, masked to 63 bits (``manual_seed``'s range).
+
+    A cryptographic hash rather than Python's ``hash``: that one is salted per process for
+    strings (and collides trivially for tuples of small ints), so it would differ between the
+    killed run and its resumption. SHA-256 gives every (seed, step, rank) an unrelated stream.
+    """
+    digest = hashlib.sha256(f"lrfr-step:{int(seed)}:{int(step)}:{int(rank)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def rng_state() -> dict[str, Any]:

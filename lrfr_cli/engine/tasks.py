@@ -14,43 +14,33 @@ Nothing is pre-processed before the task sees it, because some recipes need the 
 
 ``ctx`` says where the step is (step, epoch, rank) and carries :attr:`StepContext.generator`, the
 only source of on-device randomness a task may use. It is seeded from ``(seed, step, rank)``, so
-a resumed run draws exactly what an uninterrupted one drew at that step (see :func:`step_seed`).
+a resumed run draws exactly what an uninterrupted one drew at that step (see
+:func:`~lrfr_cli.engine.seed.step_seed`).
 
 A task also says which modules go into a checkpoint (:meth:`Task.checkpoint_modules`), which
 parameter groups the optimiser gets (:meth:`Task.param_groups`: frozen parts, per-group
-learning-rate scales) and what happens after each optimiser step (:meth:`Task.on_step`).
+learning-rate scales), what happens after each optimiser step (:meth:`Task.on_step`) and how its
+state is handled when not every rank holds all of it (:meth:`Task.state_hooks`).
+
+The fields a batch gains on the device (Cross-Resolution Batches, Laplacian quality) live with
+the data, in :mod:`lrfr_cli.data.batch_fields`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from ..data.crb import check_crb_options, cross_resolution_batch
-from ..data.quality import laplacian_quality
+from ..data.batch_fields import FIELD_PROVIDERS, Batch, BatchTransform
 from ..errors import LrfrError
+from ..losses.sharded import sharded_state
 from ..models import preprocess
 from .optim import param_groups as decay_groups
-
-#: A batch: ``images`` (uint8 B×3×H×W), ``labels`` (int64 B) and optional extra per-sample fields.
-Batch = dict[str, torch.Tensor]
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of step ``step`` on ``rank``: the first 8 bytes of SHA-256 of ``"seed:step:rank"``,
-    little-endian, masked to 63 bits (``manual_seed``'s range).
-
-    A cryptographic hash rather than Python's ``hash``: that one is salted per process for
-    strings (and collides trivially for tuples of small ints), so it would differ between the
-    killed run and its resumption. SHA-256 gives every (seed, step, rank) an unrelated stream.
-    """
-    digest = hashlib.sha256(f"lrfr-step:{int(seed)}:{int(step)}:{int(rank)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from .seed import step_seed
 
 
 @dataclass
@@ -73,7 +63,7 @@ class StepContext:
 
     @property
     def generator(self) -> torch.Generator:
-        """A generator on the device seeded with :func:`step_seed`; made on first use (cheap
+        """A generator on the device seeded with :func:`~lrfr_cli.engine.seed.step_seed`; made on first use (cheap
         when a task draws nothing)."""
         if self._generator is None:
             g = torch.Generator(device=self.device)
@@ -97,6 +87,48 @@ class StepOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class StateHooks(Protocol):
+    """How the loop handles a task's state across ranks: which parameters DDP must leave alone,
+    the optimiser state a checkpoint holds and how it is sliced back on resume, and the gradient
+    norm that ``--clip-grad`` clips. :class:`ReplicatedState` is the answer when every rank holds
+    all of the state; a task whose class weights are split over the ranks answers with the
+    sharded classifier's hooks (:class:`~lrfr_cli.losses.sharded.ShardedState`)."""
+
+    #: Whether saving is a collective (every rank must take part; rank 0 still writes alone).
+    collective_save: bool
+
+    def keep_out_of_ddp(self, root: nn.Module) -> None:
+        """Called before DDP wraps ``root``: mark the parameters it must not broadcast or average."""
+
+    def gather_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimiser state a checkpoint holds (a collective when ``collective_save``)."""
+
+    def shard_optimizer_state(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """A checkpoint's optimiser state as this rank's optimiser loads it."""
+
+    def clip_grad_norm(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Clip the gradients of ``params`` to the whole model's norm ``max_norm``; returns the norm."""
+
+
+class ReplicatedState:
+    """State hooks when every rank holds all of the task's state: DDP wraps everything, the
+    optimiser's own state dict is saved and loaded, torch's clip."""
+
+    collective_save = False
+
+    def keep_out_of_ddp(self, root: nn.Module) -> None:
+        pass
+
+    def gather_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def shard_optimizer_state(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return state
+
+    def clip_grad_norm(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 class Task(nn.Module):
     """Base class of training tasks: override :meth:`forward` and :meth:`checkpoint_modules`."""
 
@@ -118,6 +150,10 @@ class Task(nn.Module):
     def on_step(self, step: int) -> None:
         """Called after each optimiser step with the new step count (schedules inside heads)."""
 
+    def state_hooks(self) -> StateHooks:
+        """How the loop handles this task's state across ranks (default: every rank holds all of it)."""
+        return ReplicatedState()
+
     def embedding_model(self) -> nn.Module:
         """The network whose output is the face embedding (what pair validation scores)."""
         modules = self.checkpoint_modules()
@@ -126,58 +162,14 @@ class Task(nn.Module):
         return modules["model"]
 
 
-# --------------------------------------------------------------------------- batch fields
-class BatchTransform(Protocol):
-    """Rewrites the raw batch on the device before the network sees it (e.g. Cross-Resolution
-    Batches add LR copies and ``is_lr``). ``provides`` names the fields it adds."""
-
-    provides: tuple[str, ...]
-
-    def __call__(self, batch: Batch, ctx: StepContext) -> Batch: ...
-
-
-FieldProvider = Callable[[Batch, StepContext], torch.Tensor]
-
-
-#: Fields a task can compute from the batch when a head needs them and the batch lacks them
-#: (a new field is one line here).
-FIELD_PROVIDERS: dict[str, FieldProvider] = {
-    "quality": lambda batch, ctx: laplacian_quality(batch["images"]),
-}
-
-
-class CrossResolutionBatches:
-    """Cross-Resolution Batches as a batch transform: LR versions of the batch's faces made on the
-    device by :func:`~lrfr_cli.data.crb.cross_resolution_batch` (``degrade_batch`` inside), same
-    labels; adds ``is_lr`` and ``lr_size``. Its random choices (rows, sizes) come from the step's
-    seed (:func:`step_seed`), so a resumed run rebuilds the same batches."""
-
-    provides: tuple[str, ...] = ("is_lr", "lr_size")
-
-    def __init__(self, sizes: Sequence[int], mode: str = "copies", lr_prob: float = 0.5, method: str = "bicubic") -> None:
-        self.sizes = check_crb_options(sizes, mode, lr_prob, method=method)
-        self.mode, self.lr_prob, self.method = mode, float(lr_prob), method
-
-    def __call__(self, batch: Batch, ctx: StepContext) -> Batch:
-        seed = step_seed(ctx.seed, ctx.step, ctx.rank)
-        out = cross_resolution_batch(batch["images"], batch["labels"], self.sizes, self.mode, self.lr_prob, generator=seed, method=self.method)
-        rest = {k: v for k, v in batch.items() if k not in ("images", "labels")}
-        if rest and self.mode == "copies":  # per-sample extras follow their rows into the LR half
-            rest = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == batch["labels"].shape[:1] else v for k, v in rest.items()}
-        return {**rest, "images": out.images, "labels": out.labels, "is_lr": out.is_lr, "lr_size": out.lr_size}
-
-    def __repr__(self) -> str:
-        return f"CrossResolutionBatches(sizes={self.sizes}, mode={self.mode!r}, lr_prob={self.lr_prob}, method={self.method!r})"
-
-
 # --------------------------------------------------------------------------- classification
 class ClassifierTask(Task):
     """Backbone + classification head: ``loss = head.loss(backbone(x), labels, **fields)``.
 
-    ``transforms`` rewrite the raw batch first (on the device, e.g. :class:`CrossResolutionBatches`).
-    Fields the head declares in ``needs`` come from the batch, else from
-    :data:`FIELD_PROVIDERS`; a per-sample ``margin`` field, when present, overrides the head's
-    ``m``. ``freeze_backbone`` keeps the backbone out of the optimiser and its BatchNorm
+    ``transforms`` rewrite the raw batch first (on the device, e.g.
+    :class:`~lrfr_cli.data.batch_fields.CrossResolutionBatches`). Fields the head declares in
+    ``needs`` come from the batch, else from :data:`~lrfr_cli.data.batch_fields.FIELD_PROVIDERS`;
+    a per-sample ``margin`` field, when present, overrides the head's ``m``. ``freeze_backbone`` keeps the backbone out of the optimiser and its BatchNorm
     statistics fixed; ``backbone_lr_scale``/``head_lr_scale`` scale the schedule's learning rate.
     """
 
@@ -253,15 +245,18 @@ class ClassifierTask(Task):
         if hasattr(self.head, "step"):
             self.head.step(step)
 
+    def state_hooks(self) -> StateHooks:
+        """The sharded classifier's hooks when the head (``--classifier sharded``) splits its
+        class weights over the ranks, else the replicated default."""
+        return sharded_state(self.checkpoint_modules().values()) or ReplicatedState()
+
 
 __all__ = [
-    "FIELD_PROVIDERS",
-    "Batch",
-    "BatchTransform",
+    "Batch",  # the seam's batch type, defined beside the fields it carries (data.batch_fields)
     "ClassifierTask",
-    "CrossResolutionBatches",
+    "ReplicatedState",
+    "StateHooks",
     "StepContext",
     "StepOutput",
     "Task",
-    "step_seed",
 ]

@@ -1,5 +1,5 @@
 """What every fine-tuning method shares: the task base class, on-device LR copies, batch-hard
-mining over resolution blocks, the P×K check and the cross-rank gather.
+mining over resolution blocks and the P×K check.
 
 A method is a :class:`FinetuneTask` (a :class:`~lrfr_cli.engine.tasks.ClassifierTask`, so the
 frozen-backbone switch, the per-group learning-rate scales, the checkpoint layout ``model`` +
@@ -13,10 +13,10 @@ degraded) are drawn for the *global* batch from one CPU generator seeded by
 degrade the same samples to the same sizes, and a resumed run draws what the killed one drew.
 
 **Mining across ranks.** Batch-hard mining looks at the whole batch. Under DDP the embeddings
-(and labels) of all ranks are gathered with a gradient-carrying all-gather
-(:func:`gather_rows`) and every rank computes the *global* loss; the gather's backward sums the
-gradient of every rank's copy of that loss, which DDP's mean then divides back, so the update
-is the single-process one.
+(and labels) of all ranks are gathered with the gradient-carrying
+:func:`~lrfr_cli.engine.distributed.gather_rows` and every rank computes the *global* loss; the
+gather's backward sums the gradient of every rank's copy of that loss, which DDP's mean then
+divides back, so the update is the single-process one.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.degrade import DegradeSpec, degrade_batch
-from ..engine.tasks import ClassifierTask, StepContext, step_seed
+from ..engine.distributed import gather_rows
+from ..engine.seed import step_seed
+from ..engine.tasks import ClassifierTask, StepContext
 from ..errors import LrfrError
 from ..losses.recipe import LossChoice, resolve_loss
 from ..registry import Option
@@ -60,38 +61,6 @@ def check_pk(labels: np.ndarray, p: int, k: int) -> int:
             f"identities (of {len(counts)}); lower --p or --k, or add images"
         )
     return ok
-
-
-# --------------------------------------------------------------------------- ranks
-class _GatherRows(torch.autograd.Function):
-    """All-gather along dim 0 whose backward sums every rank's gradient and keeps this rank's
-    rows (an all-reduce, so it also works on gloo, which has no reduce-scatter)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        world, rank = dist.get_world_size(), dist.get_rank()
-        ctx.rows, ctx.rank = x.shape[0], rank
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
-
-
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """The global batch's rows in rank order (``x`` itself in a single process); differentiable
-    for floating tensors."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    if x.is_floating_point():
-        return _GatherRows.apply(x)
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
 
 
 # --------------------------------------------------------------------------- LR copies
@@ -258,6 +227,5 @@ __all__ = [
     "check_pk",
     "check_share",
     "degrade_rows",
-    "gather_rows",
     "pairwise_distance",
 ]

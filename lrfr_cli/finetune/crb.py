@@ -2,7 +2,7 @@
 low-resolution recipe (ArcFace, AdaFace, Approach1/2 with CRB) as a fine-tuning method, so it
 can run on any ``--from`` model, an imported ONNX recogniser included.
 
-The batch goes through the same :class:`~lrfr_cli.engine.tasks.CrossResolutionBatches`
+The batch goes through the same :class:`~lrfr_cli.data.batch_fields.CrossResolutionBatches`
 transform as in ``lrfr train`` (``copies``: every face also as an LR copy with its label;
 ``split``: a share ``lr_prob`` of the faces replaced by LR versions), then the ``--loss`` head
 scores the embeddings. The classifier is new (the parent's identities are not the fine-tuning
@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..data.batch_fields import CrossResolutionBatches
 from ..data.crb import check_crb_options
-from ..engine.tasks import Batch, CrossResolutionBatches, StepContext, StepOutput
+from ..engine.tasks import Batch, StepContext, StepOutput
 from ..errors import LrfrError
 from ..registry import Option
 from .base import FinetuneTask

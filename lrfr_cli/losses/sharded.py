@@ -10,7 +10,8 @@ by at most one), and a step communicates embeddings, not weights:
    margin (from ``is_lr``/``images``), AdaFace's ``m`` and ẑ (whose EMA update all-reduces the
    norm statistics over ranks, so it happens once per global batch and leaves μ, σ identical on
    every rank). Raw images never travel.
-2. Embeddings (with an autograd-aware all-gather), labels and those terms are all-gathered.
+2. Embeddings (with the autograd-aware :func:`~lrfr_cli.engine.distributed.gather_rows`), labels
+   and those terms are all-gathered.
 3. **Where the class lives**, each rank computes ``s·cos θ`` of every gathered embedding against
    its classes and replaces the target column of the samples whose class it owns by the head's
    own hook ``target_from_terms`` of ``cos θ_y`` and the terms.
@@ -57,6 +58,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.distributed import gather_rows, row_counts
 from ..errors import LrfrError
 
 Terms = dict[str, torch.Tensor]
@@ -106,52 +108,6 @@ COMM = CommLog()
 def _all_reduce(t: torch.Tensor, op: Any, group: Any, name: str) -> None:
     COMM.add(name, t)
     dist.all_reduce(t, op=op, group=group)
-
-
-def _gather_plain(x: torch.Tensor, sizes: list[int], group: Any, name: str) -> torch.Tensor:
-    """All-gather rows of unequal counts (padded to the largest): the concatenation in rank order."""
-    world = len(sizes)
-    most = max(sizes)
-    xp = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
-    xp = xp.contiguous()
-    parts = [torch.empty_like(xp) for _ in range(world)]
-    COMM.add(name, xp)
-    dist.all_gather(parts, xp, group=group)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
-
-
-class _GatherRows(torch.autograd.Function):
-    """All-gather whose backward sums the gradient over ranks (reduce-scatter) and scales it.
-
-    The scale is the world size so that DDP's averaging of the backbone gradient yields the
-    gradient of the single global loss (see the module doc).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, sizes: list[int], rank: int, group: Any, grad_scale: float) -> torch.Tensor:
-        ctx.sizes, ctx.rank, ctx.group, ctx.grad_scale = sizes, rank, group, grad_scale
-        return _gather_plain(x, sizes, group, "all_gather embeddings")
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        sizes, rank, group = ctx.sizes, ctx.rank, ctx.group
-        g = g.contiguous()
-        start = sum(sizes[:rank])
-        if dist.get_backend(group) == "nccl":  # reduce-scatter moves half an all-reduce's bytes
-            most = max(sizes)
-            padded = g.new_zeros((len(sizes) * most, *g.shape[1:]))
-            off = 0
-            for r, n in enumerate(sizes):
-                padded[r * most : r * most + n] = g[off : off + n]
-                off += n
-            out = g.new_empty((most, *g.shape[1:]))
-            COMM.add("reduce_scatter embedding grads", padded)
-            dist.reduce_scatter_tensor(out, padded, group=group)
-            mine = out[: sizes[rank]]
-        else:  # gloo has no reduce-scatter: all-reduce and keep our rows
-            _all_reduce(g, dist.ReduceOp.SUM, group, "all_reduce embedding grads")
-            mine = g[start : start + sizes[rank]]
-        return mine * ctx.grad_scale, None, None, None, None
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
@@ -323,10 +279,11 @@ class ShardedClassifier(nn.Module):
         if not _dist_on(self.group):
             gathered, all_labels = packed, labels
         else:
-            size = torch.tensor([labels.shape[0]], device=labels.device, dtype=torch.int64)
-            sizes = [int(v) for v in _gather_plain(size, [1] * self.world_size, self.group, "all_gather batch sizes")]
-            all_labels = _gather_plain(labels.long(), sizes, self.group, "all_gather labels")
-            gathered = _GatherRows.apply(packed, sizes, self.rank, self.group, float(self.world_size))
+            sizes = row_counts(labels, group=self.group, log=COMM.add)
+            all_labels = gather_rows(labels.long(), sizes, group=self.group, log=COMM.add, name="labels")
+            # The backward scales by the world size: DDP's mean of the backbone gradient is then
+            # the gradient of the one global loss (module doc).
+            gathered = gather_rows(packed, sizes, group=self.group, grad_scale=float(self.world_size), log=COMM.add, name="embeddings", grad_name="embedding grads")
         d = self.embedding_size
         return gathered[:, :d], all_labels, {k: gathered[:, d + i].detach() for i, k in enumerate(names)}
 
@@ -530,12 +487,44 @@ def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float, shards: Ite
     return total
 
 
+class ShardedState:
+    """The training loop's state hooks (:class:`~lrfr_cli.engine.tasks.StateHooks`) for a task
+    whose checkpoint holds sharded classifiers: their weights stay out of DDP, a checkpoint gathers
+    them and their optimiser state to rank 0 (so every rank takes part in a save), a resume
+    slices each rank's range, and ``--clip-grad`` clips by the whole model's norm."""
+
+    collective_save = True
+
+    def __init__(self, shards: Iterable[ShardedClassifier]) -> None:
+        self.shards = list(shards)
+
+    def keep_out_of_ddp(self, root: nn.Module) -> None:
+        mark_ddp_ignored(root)  # each rank's shard is its own: DDP must not broadcast or average it
+
+    def gather_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return gather_optimizer_state(optimizer, self.shards)
+
+    def shard_optimizer_state(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return shard_optimizer_state(state, optimizer, self.shards)
+
+    def clip_grad_norm(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        return clip_grad_norm_(params, max_norm, self.shards)
+
+
+def sharded_state(modules: Iterable[nn.Module]) -> ShardedState | None:
+    """The state hooks of a task whose checkpoint ``modules`` hold sharded classifiers; ``None``
+    when they hold none (the loop's replicated default applies)."""
+    shards = [m for mod in modules for _, m in sharded_modules(mod)]
+    return ShardedState(shards) if shards else None
+
+
 __all__ = [
     "COMM",
     "INIT_BLOCK",
     "CommLog",
     "MarginPlan",
     "ShardedClassifier",
+    "ShardedState",
     "build_sharded",
     "check_shardable",
     "class_range",
@@ -545,4 +534,5 @@ __all__ = [
     "mark_ddp_ignored",
     "shard_optimizer_state",
     "sharded_modules",
+    "sharded_state",
 ]

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from ..data.batch_fields import CrossResolutionBatches
 from ..data.crb import check_crb_options
 from ..data.datasets import TrainingSet, resolve_training_data
 from ..data.degrade import parse_sizes
 from ..data.samplers import SAMPLERS
 from ..engine.runner import TrainingRun, pair_validation
-from ..engine.tasks import ClassifierTask, CrossResolutionBatches, Task
+from ..engine.tasks import ClassifierTask, Task
 from ..errors import LrfrError
 from ..losses.recipe import resolve_loss
 from ..models import BACKBONES, INPUT_SIZE, build_backbone

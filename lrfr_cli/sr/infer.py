@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data.degrade import DegradeSpec, degrade_batch
 from ..engine import load_checkpoint
-from ..engine.loop import Validation
+from ..engine.validation import Validation
 from ..errors import LrfrError
 from ..models.sr import build_sr
 from ..workspace import fingerprint_file

@@ -42,7 +42,8 @@ from torch.func import functional_call
 
 from ..data.crb import check_crb_options, cross_resolution_batch
 from ..engine.optim import param_groups as decay_groups
-from ..engine.tasks import Batch, StepContext, StepOutput, Task, step_seed
+from ..engine.seed import step_seed
+from ..engine.tasks import Batch, StepContext, StepOutput, Task
 from ..errors import LrfrError
 from ..models import preprocess
 from ..registry import Registry
