@@ -75,7 +75,7 @@ def sr_cmd(
             if pick:
                 sheet_stats = contact_sheet(src, pick, srm.module, spec, sheet_path, device=dev,
                                             title=f"runs/{srm.name} ({srm.arch}, trained at {','.join(map(str, srm.sizes))} px) on {src.name} at {size} px")
-        counts = {"images": len(rels), "written": res.written, "already_present": res.existing, "failed": len(res.failures),
+        counts = {"images": len(rels), "written": res.written[size], "already_present": res.existing[size], "failed": len(res.failures),
                   "failures": [f"{r}: {w}" for r, w in res.failures[:1000]], "contact_sheet": str(sheet_path) if sheet_stats else None,
                   "sheet_psnr": sheet_stats}
         run.record(**counts)
@@ -83,7 +83,7 @@ def sr_cmd(
         st.warn(f"{len(res.failures)} image(s) could not be read and were skipped, e.g. {res.failures[0][0]}: {res.failures[0][1]}")
     secs = time.time() - t0
     where = f"; contact sheet → {sheet_path}" if sheet_stats else ""
-    st.summary(f"[green]super-resolved[/green] {res.written} faces at {size} px with runs/{srm.name} ({res.existing} already there, "
+    st.summary(f"[green]super-resolved[/green] {res.written[size]} faces at {size} px with runs/{srm.name} ({res.existing[size]} already there, "
                f"{len(res.failures)} failed) in {secs:.1f} s → {art.path}{where}",
                {"command": "sr", "name": name, "size": size, "up_to_date": False, "path": str(art.path), "seconds": round(secs, 3), **counts})
 
