@@ -13,9 +13,10 @@ from torch.nn import functional as F
 from lrfr_cli.align.aligner import TEMPLATE_FACE_BOX_112, Aligner, assumed_crop_matrix, centre_crop_matrix
 from lrfr_cli.align.decode import detection_image
 from lrfr_cli.align.mtcnn import MtcnnDetector, crop_resize_area
-from lrfr_cli.align.options import AlignConfig, output_rel, parse_size
+from lrfr_cli.align.options import AlignConfig, parse_size
 from lrfr_cli.align.warp import ARCFACE_TEMPLATE, apply_transform, fit_error, template_for, template_with_margin, umeyama, warp_face
 from lrfr_cli.data.images import load_rgb
+from lrfr_cli.data.tree import output_rel
 from lrfr_cli.errors import LrfrError
 
 

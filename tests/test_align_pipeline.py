@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,8 @@ from PIL import Image
 from lrfr_cli.align.journal import JOURNAL, Journal, read_journal
 from lrfr_cli.align.pipeline import LARGE_PHOTO_PIXELS, align_tree, default_workers
 from lrfr_cli.data.images import list_images, load_rgb
+
+from helpers import kill_when
 
 
 def _lfw_tree(data_dir: Path, dst: Path, n: int, step: int = 97) -> list[str]:
@@ -102,20 +101,9 @@ def test_kill_9_mid_run_then_resume_completes(data_dir: Path, tmp_path: Path) ->
     rels = _lfw_tree(data_dir, src, 24, step=31)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(src), str(out)], env=env)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            _, entries = read_journal(out / JOURNAL)
-            if len(entries) >= 4:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed; use more photos"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    killed = kill_when([sys.executable, "-c", _CHILD, str(src), str(out)], lambda: len(read_journal(out / JOURNAL)[1]) >= 4,
+                       timeout=300, poll=0.05, env=env)
+    assert killed.seen, "the run finished before it could be killed; use more photos"
     _, entries = read_journal(out / JOURNAL)
     assert 4 <= len(entries) < len(rels)
     for e in entries.values():

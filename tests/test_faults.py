@@ -22,10 +22,10 @@ from PIL import Image
 
 from lrfr_cli.data.images import ImageReadError, load_rgb
 
+from helpers import alive, descendants, kill_when, lrfr_argv, signal_all
 from synthetic import make_identity_faces
 
 FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--threads", "1"]
-LRFR = str(Path(sys.executable).parent / "lrfr")
 LATIN1 = b"caf\xe9.png"  # a Latin-1 file name: not valid UTF-8
 
 
@@ -208,18 +208,9 @@ def test_report_removes_temp_folders_of_killed_writers(cli, ws, tmp_path):
     make_workspace(ws)
     reports = ws / "reports"
     # A real kill -9 while the report is being built (its figures take a few seconds) ...
-    proc = subprocess.Popen([LRFR, "-w", str(ws), "--quiet", "report", "--name", "r"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    caught = False
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if list(reports.glob(".r.tmp-*")):
-            proc.kill()
-            caught = True
-            break
-        time.sleep(0.01)
-    proc.wait(timeout=60)
-    if caught:
-        assert list(reports.glob(f".r.tmp-{proc.pid}")), "the killed writer's temp folder should be there"
+    killed = kill_when(lrfr_argv(ws, "report", "--name", "r"), lambda: list(reports.glob(".r.tmp-*")), timeout=120, poll=0.01)
+    if killed.seen:
+        assert list(reports.glob(f".r.tmp-{killed.pid}")), "the killed writer's temp folder should be there"
     # ... and, whether or not the kill landed in time, leftovers of a dead and of a live writer.
     dead, live = _dead_pid(), os.getppid()
     for n in (f".r.tmp-{dead}", f".old.old-{dead}", f".r.tmp-{live}"):
@@ -234,9 +225,9 @@ def test_report_removes_temp_folders_of_killed_writers(cli, ws, tmp_path):
 
 # --------------------------------------------------------------------------- 6./7. signals and workers
 def _train_cmd(ws: Path, faces: Path, epochs: int) -> list[str]:
-    return [LRFR, "-w", str(ws), "--quiet", "train", "--data", str(faces), "--backbone", "tiny", "--embedding-size", "32",
-            "--loss", "softmax", "--batch-size", "4", "--workers", "2", "--device", "cpu", "--threads", "1",
-            "--epochs", str(epochs), "--checkpoint-every", "100000", "--log-every", "1", "--run", "r"]
+    return lrfr_argv(ws, "train", "--data", str(faces), "--backbone", "tiny", "--embedding-size", "32",
+                     "--loss", "softmax", "--batch-size", "4", "--workers", "2", "--device", "cpu", "--threads", "1",
+                     "--epochs", str(epochs), "--checkpoint-every", "100000", "--log-every", "1", "--run", "r")
 
 
 def _ignored_signals(pid: int) -> int:
@@ -263,7 +254,6 @@ def test_ctrl_c_at_epoch_boundaries_exits_130_and_resumes_bit_identical(tmp_path
     lands mid-run however fast the machine is: with 6 epochs a quiet CPU finished the last steps
     within the 0.3 s delay and exited 0 before the signal arrived."""
     import torch
-    from test_kill_rerun import _alive, _descendants
 
     faces = make_identity_faces(tmp_path / "faces", 3, 4, seed=2, noise=20.0)  # 12 images: 3 steps an epoch
     ws = tmp_path / "ws"
@@ -276,7 +266,7 @@ def test_ctrl_c_at_epoch_boundaries_exits_130_and_resumes_bit_identical(tmp_path
             checked_workers = False
             while time.time() < deadline and proc.poll() is None and _lines(metrics) < n:
                 if not checked_workers:
-                    kids = [p for p in _descendants(proc.pid) if _alive(p)]
+                    kids = [p for p in descendants(proc.pid) if alive(p)]
                     for k in kids:  # the workers leave SIGINT and SIGTERM to the parent
                         try:
                             ign = _ignored_signals(k)
@@ -318,7 +308,6 @@ def test_sigterm_workers_die_with_their_parent_quietly(tmp_path):
     """SIGTERM kills the parent; its DataLoader workers, here even stopped (SIGSTOP) so they can
     neither notice nor print, are killed by the kernel with it (PR_SET_PDEATHSIG). Before, they
     lived on until torch's watchdog saw the dead parent, and could print a ConnectionResetError."""
-    from test_kill_rerun import _alive, _descendants, _signal
 
     faces = make_identity_faces(tmp_path / "faces", 3, 4, seed=2, noise=20.0)
     ws = tmp_path / "ws"
@@ -327,27 +316,27 @@ def test_sigterm_workers_die_with_their_parent_quietly(tmp_path):
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            kids = [p for p in _descendants(proc.pid) if _alive(p)]
+            kids = [p for p in descendants(proc.pid) if alive(p)]
             if len(kids) >= 2 and _lines(ws / "runs" / "r" / "metrics.jsonl") >= 1:
                 workers = kids
                 break
             time.sleep(0.01)
         assert workers, "never saw the workers"
-        _signal(workers, signal.SIGSTOP)
+        signal_all(workers, signal.SIGSTOP)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGTERM
         deadline = time.time() + 60
-        while time.time() < deadline and any(_alive(p) for p in workers):
+        while time.time() < deadline and any(alive(p) for p in workers):
             time.sleep(0.05)
-        assert not any(_alive(p) for p in workers), "workers outlived their parent"
+        assert not any(alive(p) for p in workers), "workers outlived their parent"
         assert b"Traceback" not in err and b"Error" not in err, err.decode(errors="replace")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        _signal(workers, signal.SIGKILL)
-        _signal(workers, signal.SIGCONT)
+        signal_all(workers, signal.SIGKILL)
+        signal_all(workers, signal.SIGCONT)
 
 
 # --------------------------------------------------------------------------- 5. full disk

@@ -23,6 +23,7 @@ from lrfr_cli.losses import build_head
 from lrfr_cli.losses.recipe import resolve_loss
 from lrfr_cli.models import build_backbone
 
+from helpers import kill_at_step
 from synthetic import make_identity_faces
 
 
@@ -488,33 +489,15 @@ def _ckpt_weights(ws: Path, run: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_mid_finetune_then_same_command_resumes_to_the_uninterrupted_weights(cli, parent, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     ws0, faces = parent
-    lrfr = str(Path(sys.executable).parent / "lrfr")
     args = ["finetune", "--method", "derivenet", "--from", str(ws0 / "runs" / "parent" / "checkpoints" / "last.pt"), "--backbone", "tiny",
             "--data", str(faces), "--p", "2", "--k", "4", "--max-steps", "30", "--checkpoint-every", "5", "--log-every", "1",
             "--workers", "0", "--device", "cpu", "--threads", "1", "--run", "r"]
     ref, ws = tmp_path / "ref", tmp_path / "ws"
     r = cli(ref, *args)
     assert r.exit_code == 0, r.stdout + r.stderr
-    proc = subprocess.Popen([lrfr, "-w", str(ws), "--quiet", *args], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    kill_at_step(ws, args, 10)
     metrics = ws / "runs" / "r" / "metrics.jsonl"
-    deadline, killed = time.time() + 240, None
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if ln.strip()]
-            if steps and steps[-1] >= 10:
-                proc.send_signal(signal.SIGKILL)
-                killed = steps[-1]
-                break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert killed is not None and proc.returncode == -signal.SIGKILL
     r = cli(ws, *args, "--json")  # the same command, no --resume: an interrupted run resumes
     assert r.exit_code == 0, r.stdout + r.stderr
     assert r.json()["resumed_from"] is not None and 5 <= r.json()["resumed_from"] < 30 and r.json()["steps"] == 30

@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,47 +34,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import Killable, alive, descendants, lrfr_argv, signal_all
 from synthetic import make_identity_faces
 
-LRFR = str(Path(sys.executable).parent / "lrfr")
 LOCKED = "being written by another lrfr process"
 
 
 # --------------------------------------------------------------------------- process helpers
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
-
-
-def _descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (Linux /proc; these tests need a POSIX fork anyway)."""
-    parents = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            pp = _ppid(int(d.name))
-            if pp is not None:
-                parents[int(d.name)] = pp
-    out: list[int] = []
-    frontier = [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        out += kids
-        frontier += kids
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _initialised(pid: int) -> bool:
     """Whether a DataLoader worker ran lrfr's worker init (it then ignores SIGINT)."""
     try:
@@ -87,17 +51,9 @@ def _initialised(pid: int) -> bool:
     return bool(ign & (1 << (signal.SIGINT - 1)))
 
 
-def _signal(pids: list[int], sig: int) -> None:
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-
-
 @contextmanager
 def _preempted(
-    ws: Path, args: list[str], ready: Callable[[], bool], tmp: Path, env: dict[str, str] | None = None, timeout: float = 120,
+    ws: Path, args: list[str], ready: Callable[[], bool], env: dict[str, str] | None = None, timeout: float = 120,
     die_with_parent: bool = False,
 ) -> Iterator[list[int]]:
     """Run ``lrfr ARGS`` until ``ready()`` with workers alive, then stop the workers and SIGKILL
@@ -107,41 +63,36 @@ def _preempted(
     with their parent (``PR_SET_PDEATHSIG``, issue 18.2): instead of orphans that outlive it, the
     re-run must find them gone, even stopped ones. The lock's independence of forked children is
     tested directly in tests/test_workspace.py."""
-    log = tmp / "killed-run.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([LRFR, "-w", str(ws), "--quiet", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
     workers: list[int] = []
     try:
-        deadline = time.time() + timeout
-        while time.time() < deadline and proc.poll() is None:
-            kids = [p for p in _descendants(proc.pid) if _alive(p)]
-            if kids and ready():
-                # Workers first: once stopped they can neither exit nor take more work.
-                _signal(kids, signal.SIGSTOP)
-                workers = kids
-                break
-            time.sleep(0.05)
-        proc.kill()  # the parent only
-        proc.wait(timeout=30)
-        assert workers, f"never saw the workers and a ready state before the run ended:\n{log.read_text()[-3000:]}"
-        assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+        with Killable(lrfr_argv(ws, *args), env={**os.environ, **(env or {})}) as victim:
+
+            def stop_workers() -> list[int]:
+                kids = [p for p in descendants(victim.pid) if alive(p)]
+                if kids and ready():
+                    # Workers first: once stopped they can neither exit nor take more work.
+                    signal_all(kids, signal.SIGSTOP)
+                    return kids
+                return []
+
+            workers = victim.wait_for(stop_workers, timeout, poll=0.05) or []
+            returncode = victim.kill()  # the parent only
+            log = victim.output()
+        assert workers, f"never saw the workers and a ready state before the run ended:\n{log[-3000:]}"
+        assert returncode == -signal.SIGKILL, log[-3000:]
         if die_with_parent:
             # A worker stopped between its fork and its init (it does not ignore SIGINT yet) has
             # not asked for the death signal: it may stay; every initialised one must go.
             deadline = time.time() + 30
-            while time.time() < deadline and any(_alive(p) and _initialised(p) for p in workers):
+            while time.time() < deadline and any(alive(p) and _initialised(p) for p in workers):
                 time.sleep(0.05)
-            assert not any(_alive(p) and _initialised(p) for p in workers), "the DataLoader workers must die with their parent"
+            assert not any(alive(p) and _initialised(p) for p in workers), "the DataLoader workers must die with their parent"
         else:
-            assert any(_alive(p) for p in workers), "the orphaned workers must still exist at the re-run"
+            assert any(alive(p) for p in workers), "the orphaned workers must still exist at the re-run"
         yield workers
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _signal(workers, signal.SIGKILL)
-        _signal(workers, signal.SIGCONT)
+        signal_all(workers, signal.SIGKILL)
+        signal_all(workers, signal.SIGCONT)
 
 
 def _accepted(r) -> None:  # type: ignore[no-untyped-def]
@@ -170,7 +121,7 @@ def test_degrade_kill9_rerun(cli, tmp_path, data_dir):
     ws = tmp_path / "ws"
     out = ws / "degraded" / "d" / "16px"
     args = ["degrade", str(src), "--sizes", "16", "--name", "d", "--workers", "2"]
-    with _preempted(ws, args, lambda: len(_visible(out, "*.png")) >= 3, tmp_path):
+    with _preempted(ws, args, lambda: len(_visible(out, "*.png")) >= 3):
         before = len(_visible(out, "*.png"))
         assert _manifest(out)["status"] == "running"
         r = cli(ws, *args, "--json")
@@ -200,7 +151,7 @@ def test_align_kill9_rerun(cli, tmp_path, data_dir):
         # First line: the run's options; then one line per photo, flushed once per batch.
         return max(0, len(journal.read_text().splitlines()) - 1) if journal.is_file() else 0
 
-    with _preempted(ws, args, lambda: (out / "manifest.json").is_file() and journaled() >= 2, tmp_path):
+    with _preempted(ws, args, lambda: (out / "manifest.json").is_file() and journaled() >= 2):
         assert _manifest(out)["status"] == "running"
         flushed = journaled()
         r = cli(ws, *args, "--json")
@@ -220,7 +171,7 @@ def test_train_kill9_rerun_resumes(cli, tmp_path):
     args = ["train", "--data", str(faces), "--backbone", "tiny", "--embedding-size", "32", "--loss", "softmax",
             "--batch-size", "4", "--max-steps", "12", "--checkpoint-every", "2", "--log-every", "1",
             "--workers", "1", "--device", "cpu", "--threads", "1", "--run", "r"]
-    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path, die_with_parent=True):
+    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), die_with_parent=True):
         assert _manifest(run)["status"] == "running"
         r = cli(ws, *args, "--json")  # the identical command resumes an interrupted run
         _accepted(r)
@@ -239,7 +190,7 @@ def test_finetune_kill9_rerun_resumes(cli, tmp_path):
     args = ["finetune", "--method", "siamese", "--from", "runs/p", "--data", str(faces), "--p", "2", "--k", "4",
             "--max-steps", "12", "--checkpoint-every", "2", "--log-every", "1", "--workers", "1", "--device", "cpu",
             "--threads", "1", "--run", "f"]
-    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path, die_with_parent=True):
+    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), die_with_parent=True):
         assert _manifest(run)["status"] == "running"
         r = cli(ws, *args, "--json")
         _accepted(r)
@@ -292,7 +243,7 @@ def test_eval_kill9_after_a_flush_rerun_keeps_embeddings(cli, tmp_path, data_dir
     def flushed() -> bool:  # wait for a flush that also wrote the cache's manifest (keys it valid)
         return any(cache.rglob("manifest.json")) and _npz_rows(cache) > 0
 
-    with _preempted(ws, args, flushed, tmp_path, env={extract.FLUSH_ENV: "0.5"}, die_with_parent=True):
+    with _preempted(ws, args, flushed, env={extract.FLUSH_ENV: "0.5"}, die_with_parent=True):
         kept = _npz_rows(cache)
         monkeypatch.delenv(extract.FLUSH_ENV, raising=False)
         r = cli(ws, *args, "--json")

@@ -279,7 +279,7 @@ def test_finetune_from_onnx_kill9_rerun_resumes(cli, tmp_path, data_dir):
     run = ws / "runs" / "f"
     args = ["finetune", "--from", str(path), "--data", str(faces), *FT, "--max-steps", "8", "--checkpoint-every", "2",
             "--workers", "1", "--run", "f", "--channel-order", "rgb", "--pixel-mean", "0", "--pixel-std", "1"]
-    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), tmp_path, die_with_parent=True):
+    with _preempted(ws, args, lambda: (run / "checkpoints" / "last.pt").is_file(), die_with_parent=True):
         assert _manifest(run)["status"] == "running"
         r = cli(ws, *args, "--json")
         _accepted(r)

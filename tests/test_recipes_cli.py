@@ -24,9 +24,9 @@ from lrfr_cli.engine import load_checkpoint, seed_everything
 from lrfr_cli.losses import describe_losses, heads
 from lrfr_cli.models import build_backbone, preprocess
 
+from helpers import LRFR
 from synthetic import make_identity_faces
 
-LRFR = str(Path(sys.executable).parent / "lrfr")
 FAST = ["--backbone", "tiny", "--embedding-size", "32", "--workers", "0", "--device", "cpu", "--threads", "1"]
 NEW = ("adaface", "approach1", "approach2")
 STEPS = 40

@@ -7,11 +7,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -38,11 +33,11 @@ from lrfr_cli.losses import (
     describe_losses,
 )
 
+from helpers import kill_at_step
 from synthetic import make_identity_faces
 
 CPU = torch.device("cpu")
 ONE = DistInfo()
-LRFR = str(Path(sys.executable).parent / "lrfr")
 
 
 class Faces(torch.utils.data.Dataset):
@@ -299,19 +294,7 @@ def test_sigkill_then_resume_with_crb_equals_uninterrupted(cli, tmp_path):
     ref_ws, ws = tmp_path / "ref", tmp_path / "ws"
     r = cli(ref_ws, *args)
     assert r.exit_code == 0, r.stdout + r.stderr
-    proc = subprocess.Popen([LRFR, "-w", str(ws), "--quiet", *args], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = ws / "runs" / "r" / "metrics.jsonl"
-    deadline, killed = time.time() + 240, False
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if ln.strip()]
-            if steps and steps[-1] >= 9:
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-                break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert killed and proc.returncode == -signal.SIGKILL
+    kill_at_step(ws, args, 9)
     r = cli(ws, *args, "--resume", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     a = load_checkpoint(ws / "runs" / "r" / "checkpoints" / "last.pt")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,8 @@ import torch
 
 from lrfr_cli.engine import load_checkpoint
 
+from helpers import LRFR, kill_at_step
 from synthetic import make_identity_faces
-
-LRFR = str(Path(sys.executable).parent / "lrfr")
 
 
 def make_faces(root: Path, identities: int = 3, per: int = 8) -> Path:
@@ -115,21 +112,8 @@ def test_sigkill_then_resume_equals_uninterrupted(cli, tmp_path):
     r = cli(ref_ws, *args)
     assert r.exit_code == 0, r.stdout + r.stderr
 
-    env = dict(os.environ)
-    proc = subprocess.Popen([LRFR, "-w", str(ws), "--quiet", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    kill_at_step(ws, args, 10)
     metrics = ws / "runs" / "r" / "metrics.jsonl"
-    deadline = time.time() + 240
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if ln.strip()]
-            if steps and steps[-1] >= 10:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = steps[-1]
-                break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
     ck = load_checkpoint(ws / "runs" / "r" / "checkpoints" / "last.pt")
     assert 5 <= ck["step"] < 40
     assert json.loads((ws / "runs" / "r" / "manifest.json").read_text())["status"] == "running"

@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from lrfr_cli.workspace import Workspace, atomic_path, atomic_write_text
+
+from helpers import kill_when
 
 
 def _visible(root: Path) -> list[Path]:
@@ -110,16 +111,8 @@ def test_sigkill_then_resume(cli, tmp_path, src):
     ws = tmp_path / "ws"
     out = ws / "degraded" / "d" / "16px"
     code = "import sys; from lrfr_cli.cli import app; sys.argv[0]='lrfr'; app()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "-w", str(ws), "-q", "degrade", str(src), "--sizes", "16", "--name", "d", "--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(_visible(out)) < 5:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    argv = [sys.executable, "-c", code, "-w", str(ws), "-q", "degrade", str(src), "--sizes", "16", "--name", "d", "--workers", "1"]
+    kill_when(argv, lambda: len(_visible(out)) >= 5, timeout=120, poll=0.05)
     written = len(_visible(out))
     assert 5 <= written < 40, "the kill must land mid-run"
     m = json.loads((out / "manifest.json").read_text())

@@ -17,9 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..data.tree import output_rel
 from .decode import Decoded, detection_image
 from .mtcnn import Detections, MtcnnDetector
-from .options import AlignConfig, output_rel
+from .options import AlignConfig
 from .warp import (
     MATRIX_DECIMALS,
     fit_error,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
+from ..data.tree import output_rel
 from ..errors import LrfrError
 from .warp import template_for, template_with_margin
 
@@ -94,13 +94,6 @@ def parse_thresholds(text: str | Sequence[float]) -> tuple[float, float, float]:
     if len(vals) != 3 or not all(0.0 <= v <= 1.0 for v in vals):
         raise LrfrError(f"--thresholds {text!r}: expected three probabilities such as 0.6,0.7,0.7")
     return vals  # type: ignore[return-value]
-
-
-def output_rel(rel: str, fmt: str, index: int | None = None) -> str:
-    """Where the face of source ``rel`` is written: same folders, ``.fmt`` suffix, ``_k`` for --select all."""
-    p = Path(rel)
-    stem = p.stem if index is None else f"{p.stem}_{index}"
-    return (p.parent / f"{stem}.{fmt}").as_posix()
 
 
 def check_name_clashes(rels: Sequence[str], cfg: AlignConfig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
@@ -18,6 +17,7 @@ from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
 from ..workspace import fingerprint_tree
+from ._artifact_job import FAILURES_CSV, MANIFEST_FAILURES, ArtifactJob, failure_rows
 from ._common import handle_errors, resolve_input, state, workspace
 
 
@@ -74,29 +74,15 @@ def align(
     rels = [p.relative_to(src).as_posix() for p in images]
     check_name_clashes(rels, cfg)
     art = ws.artifact("aligned", name)
-    t0 = time.time()
-    with art.run("align", cfg.to_dict(), {"src": fingerprint_tree(src, images)}, force=force) as run:
+    job = ArtifactJob("align", force=force, name=name, path=str(art.path))
+    with job.claim(art, cfg.to_dict(), {"src": fingerprint_tree(src, images)},
+                   up_to_date=lambda c: f"aligned/{name}: {c.get('faces')} faces from {c.get('images')} images",
+                   resuming=f"resuming aligned/{name} (faces already written are kept)") as run:
         if run.skipped:
-            c = run.counts
-            st.summary(
-                f"[green]up to date[/green] aligned/{name}: {c.get('faces')} faces from {c.get('images')} images (--force to redo)",
-                {"command": "align", "name": name, "path": str(art.path), "up_to_date": True, **c},
-            )
             return
-        if run.resumed:
-            st.info(f"resuming aligned/{name} (faces already written are kept)")
         with st.progress(f"align {name}", total=len(rels)) as progress:
-            res = align_tree(
-                src,
-                art.path,
-                rels,
-                device=str(dev),
-                batch_size=batch_size,
-                workers=workers,
-                threads=threads,
-                progress=progress,
-                **{k: v for k, v in cfg.__dict__.items()},
-            )
+            res = align_tree(src, art.path, rels, device=str(dev), batch_size=batch_size, workers=workers, threads=threads,
+                             progress=progress, **cfg.__dict__)
         counts = {
             "images": res.images,
             "faces": res.faces,
@@ -107,26 +93,19 @@ def align(
             "passthrough": res.passthrough,
             "mean_fit_error_px": None if res.mean_fit_error is None else round(res.mean_fit_error, 3),
         }
-        run.record(**counts, failures=[{"path": r, "reason": w} for r, w in res.failures[:1000]], device=str(dev))
-    seconds = time.time() - t0
-    rate = res.images / seconds if seconds > 0 else 0.0
+        run.record(**counts, failures=failure_rows(res.failures, MANIFEST_FAILURES), device=str(dev))
+    seconds, rate = job.clock(res.images)
     if res.note:
         st.info(f"note: {res.note}")
-    if res.failures:
-        r, why = res.failures[0]
-        st.warn(f"{len(res.failures)} image(s) without an aligned face (listed in {art.path / 'failures.csv'}), e.g. {r}: {why}")
+    job.warn_failures(res.failures, f"image(s) without an aligned face (listed in {art.path / FAILURES_CSV})")
     fb = f", {res.fallbacks} centre-crop fallbacks" if res.fallbacks else ""
-    st.summary(
+    job.done(
         f"[green]aligned[/green] {res.images} images → {res.faces} faces{fb}, {len(res.failures)} failed, "
         f"in {seconds:.1f} s ({rate:,.1f} img/s on {dev}) → {art.path}",
         {
-            "command": "align",
-            "name": name,
-            "path": str(art.path),
-            "up_to_date": False,
             "resumed": run.resumed,
             **counts,
-            "failures": [{"path": r, "reason": w} for r, w in res.failures],
+            "failures": failure_rows(res.failures),
             "seconds": round(seconds, 3),
             "images_per_s": round(rate, 3),
             "device": str(dev),

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +12,8 @@ from ..data.degrade import METHOD_HELP, METHODS, DegradeSpec, parse_sizes
 from ..data.degrade_files import FORMATS, degrade_tree
 from ..data.images import list_images, parse_exts
 from ..errors import LrfrError
-from ..workspace import atomic_write_text, fingerprint_tree
+from ..workspace import fingerprint_tree
+from ._artifact_job import ArtifactJob, failure_lines, failure_rows, write_failures_csv
 from ._common import handle_errors, resolve_input, state, workspace
 
 
@@ -56,56 +53,42 @@ def degrade(
     ws.ensure_writable()
     rels = [p.relative_to(src).as_posix() for p in images]
     inputs = {"src": fingerprint_tree(src, images)}
-    t0 = time.time()
-    with contextlib.ExitStack() as stack:
-        todo, done = [], []
-        for spec in specs:
-            art = ws.artifact("degraded", name, f"{spec.size}px")
-            run = stack.enter_context(
-                art.run("degrade", {**spec.to_dict(), "seed": seed, "format": fmt}, inputs, force=force)
-            )
-            (done if run.skipped else todo).append((spec, art, run))
+    arts = [ws.artifact("degraded", name, f"{spec.size}px") for spec in specs]
+    job = ArtifactJob("degrade", force=force, name=name, path=str(ws.root / "degraded" / name))
+    with job.claim_each([(art, {**spec.to_dict(), "seed": seed, "format": fmt}) for spec, art in zip(specs, arts)], inputs) as runs:
+        todo = [(spec, art, run) for spec, art, run in zip(specs, arts, runs) if not run.skipped]
         if not todo:
-            st.summary(
-                f"[green]up to date[/green] degraded/{name}: sizes {','.join(map(str, size_list))} already complete (--force to redo)",
-                {"command": "degrade", "name": name, "sizes": size_list, "up_to_date": True, "images": len(images), "path": str(ws.root / "degraded" / name)},
-            )
+            job.up_to_date(f"degraded/{name}: sizes {','.join(map(str, size_list))} already complete", {"sizes": size_list, "images": len(images)})
             return
         with st.progress(f"degrade {len(todo)} size(s)", total=len(images)) as progress:
             res = degrade_tree(src, rels, [(spec, art.path) for spec, art, _ in todo], seed=seed, fmt=fmt, workers=workers or None, progress=progress)
         for spec, art, run in todo:
-            _write_failures(art.path / "failures.csv", res.failures)
+            write_failures_csv(art.path, res.failures)
             run.record(
                 images=len(images),
                 written=res.written[spec.size],
                 already_present=res.existing[spec.size],
                 failed=len(res.failures),
-                failures=[f"{rel}: {why}" for rel, why in res.failures[:1000]],
+                failures=failure_lines(res.failures),
                 description=spec.describe(),
             )
-    seconds = time.time() - t0
-    rate = len(images) / seconds if seconds > 0 else 0.0
-    if res.failures:
-        st.warn(f"{len(res.failures)} image(s) could not be read and were skipped (listed in failures.csv), e.g. {res.failures[0][0]}: {res.failures[0][1]}")
+    seconds, rate = job.clock(len(images))
+    job.warn_failures(res.failures, "image(s) could not be read and were skipped (listed in failures.csv)")
     sizes_txt = ",".join(str(s.size) for s, _, _ in todo)
-    st.summary(
+    job.done(
         f"[green]degraded[/green] {len(images)} images to {sizes_txt} px ({todo[0][0].describe().split(', ', 1)[1]}) "
         f"in {seconds:.1f} s ({rate:,.0f} img/s), {len(res.failures)} failed → {ws.root / 'degraded' / name}",
         {
-            "command": "degrade",
-            "name": name,
             "sizes": [s.size for s, _, _ in todo],
-            "skipped_sizes": [s.size for s, _, _ in done],
-            "up_to_date": False,
+            "skipped_sizes": [spec.size for spec, run in zip(specs, runs) if run.skipped],
             "images": len(images),
             "written": sum(res.written.values()),
             "already_present": sum(res.existing.values()),
             "failed": len(res.failures),
-            "failures": [{"path": r, "reason": w} for r, w in res.failures],
+            "failures": failure_rows(res.failures),
             "seconds": round(seconds, 3),
             "images_per_s": round(rate, 2),
             "degradation": {str(s.size): s.describe() for s, _, _ in todo},
-            "path": str(ws.root / "degraded" / name),
         },
     )
 
@@ -118,14 +101,6 @@ def _first_height(images: list[Path]) -> int | None:
         except Exception:  # noqa: BLE001 - unreadable files are reported later, per image
             continue
     return None
-
-
-def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "reason"])
-    w.writerows(failures)
-    atomic_write_text(path, buf.getvalue())
 
 
 def register(app: typer.Typer) -> None:

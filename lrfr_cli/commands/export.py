@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import LrfrError
+from ._artifact_job import ArtifactJob
 from ._common import handle_errors, state, workspace
 
 FORMATS = ("onnx",)
@@ -65,7 +66,7 @@ def export_cmd(
         art = ws.artifact("exports", loaded.name)
         options = {"format": "onnx", "opset": opset, "channel_order": loaded.channel_order, "backbone": loaded.backbone, "check": check,
                    **({"layout": layout} if layout != "nchw" else {}), **({"input_contract": loaded.contract} if loaded.contract else {})}
-        with art.run("export", options, {"checkpoint_sha1": loaded.sha1}, force=force) as run:
+        with ArtifactJob("export", force=force).claim(art, options, {"checkpoint_sha1": loaded.sha1}) as run:
             path, skipped, parity = art.path / "model.onnx", run.skipped, None
             if not run.skipped:
                 onnx_bytes, parity = export(loaded, faces, opset, layout)

@@ -10,6 +10,7 @@ import typer
 from ..data.images import parse_exts, walk_files
 from ..data.lists import VAL_MODES, build_list, format_list, labels_json, read_names
 from ..workspace import atomic_write_text, fingerprint_file, fingerprint_tree
+from ._artifact_job import ArtifactJob
 from ._common import handle_errors, resolve_input, state, workspace
 
 
@@ -48,13 +49,9 @@ def make_list(
     inputs = {"root": fingerprint_tree(root, sorted(files))}
     if exclude:
         inputs["exclude_file"] = fingerprint_file(exclude)
-    with art.run("make-list", options, inputs, force=force) as run:
+    job = ArtifactJob("make-list", force=force, name=name, path=str(art.path))
+    with job.claim(art, options, inputs, up_to_date=lambda c: f"lists/{name}: {c.get('images')} images, {c.get('identities')} identities") as run:
         if run.skipped:
-            c = run.counts
-            st.summary(
-                f"[green]up to date[/green] lists/{name}: {c.get('images')} images, {c.get('identities')} identities (--force to redo)",
-                {"command": "make-list", "name": name, "path": str(art.path), "up_to_date": True, **c},
-            )
             return
         res = build_list(root, min_images=min_images, exclude=excluded_names, val_fraction=val_fraction, val_mode=val_mode, seed=seed, exts=exts, files=files)
         atomic_write_text(art.path / "train.txt", format_list(res.train))
@@ -76,10 +73,10 @@ def make_list(
     if res.skipped_files:
         st.warn(f"skipped {res.skipped_files} non-image file(s)")
     val_txt = f", val {len(res.val)} images" if res.val else ""
-    st.summary(
+    job.done(
         f"[green]listed[/green] {len(res.train)} images of {len(res.classes)} identities{val_txt} → {art.path}/train.txt"
         f" ({len(res.excluded)} excluded, {len(res.too_few)} below --min-images)",
-        {"command": "make-list", "name": name, "path": str(art.path), "up_to_date": False, **counts},
+        counts,
     )
 
 

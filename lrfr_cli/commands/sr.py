@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +13,7 @@ from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
 from ..workspace import fingerprint_tree
+from ._artifact_job import ArtifactJob, failure_lines
 from ._common import handle_errors, resolve_input, state, workspace
 
 
@@ -57,14 +57,10 @@ def sr_cmd(
     spec = DegradeSpec(size=size, method=method)
     art = ws.artifact("sr", name, f"{size}px")
     options = {"sr": srm.describe() | {"validation": None}, "degradation": spec.to_dict(), "format": "png", "sheet": sheet}
-    t0 = time.time()
-    with art.run("sr", options, {"src": fingerprint_tree(src, images)}, force=force) as run:
-        sheet_path = art.path.parent / f"contact_{size}px.png"
+    job = ArtifactJob("sr", force=force, name=name, size=size, path=str(art.path))
+    sheet_path = art.path.parent / f"contact_{size}px.png"
+    with job.claim(art, options, {"src": fingerprint_tree(src, images)}, up_to_date=lambda c: f"sr/{name}/{size}px: {c.get('images')} faces") as run:
         if run.skipped:
-            c = run.counts
-            st.summary(f"[green]up to date[/green] sr/{name}/{size}px: {c.get('images')} faces (--force to redo)",
-                       {"command": "sr", "name": name, "size": size, "up_to_date": True, "path": str(art.path),
-                        "contact_sheet": str(sheet_path) if sheet_path.is_file() else None, **c})
             return
         with st.progress(f"super-resolve {size} px", total=len(rels)) as progress:
             res = super_resolve_tree(src, rels, art.path, srm.module, spec, device=dev, batch=batch_size, progress=progress)
@@ -75,17 +71,15 @@ def sr_cmd(
             if pick:
                 sheet_stats = contact_sheet(src, pick, srm.module, spec, sheet_path, device=dev,
                                             title=f"runs/{srm.name} ({srm.arch}, trained at {','.join(map(str, srm.sizes))} px) on {src.name} at {size} px")
-        counts = {"images": len(rels), "written": res.written, "already_present": res.existing, "failed": len(res.failures),
-                  "failures": [f"{r}: {w}" for r, w in res.failures[:1000]], "contact_sheet": str(sheet_path) if sheet_stats else None,
+        counts = {"images": len(rels), "written": res.written[size], "already_present": res.existing[size], "failed": len(res.failures),
+                  "failures": failure_lines(res.failures), "contact_sheet": str(sheet_path) if sheet_stats else None,
                   "sheet_psnr": sheet_stats}
         run.record(**counts)
-    if res.failures:
-        st.warn(f"{len(res.failures)} image(s) could not be read and were skipped, e.g. {res.failures[0][0]}: {res.failures[0][1]}")
-    secs = time.time() - t0
+    job.warn_failures(res.failures, "image(s) could not be read and were skipped")
+    secs, _ = job.clock(len(rels))
     where = f"; contact sheet → {sheet_path}" if sheet_stats else ""
-    st.summary(f"[green]super-resolved[/green] {res.written} faces at {size} px with runs/{srm.name} ({res.existing} already there, "
-               f"{len(res.failures)} failed) in {secs:.1f} s → {art.path}{where}",
-               {"command": "sr", "name": name, "size": size, "up_to_date": False, "path": str(art.path), "seconds": round(secs, 3), **counts})
+    job.done(f"[green]super-resolved[/green] {res.written[size]} faces at {size} px with runs/{srm.name} ({res.existing[size]} already there, "
+             f"{len(res.failures)} failed) in {secs:.1f} s → {art.path}{where}", {"seconds": round(secs, 3), **counts})
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -18,20 +17,9 @@ from ..progress import ProgressFn, null_progress
 from ..workspace import atomic_path
 from .degrade import DegradeSpec, degrade_array
 from .images import ImageReadError, load_rgb, save_rgb
+from .tree import TreeResult, output_rel
 
 FORMATS = ("png", "jpg")
-
-
-@dataclass
-class TreeResult:
-    written: dict[int, int] = field(default_factory=dict)
-    existing: dict[int, int] = field(default_factory=dict)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-
-def output_rel(rel: str, fmt: str) -> str:
-    """Mirrored relative path with the output format's suffix."""
-    return str(Path(rel).with_suffix("." + fmt).as_posix())
 
 
 def _work(args: tuple[str, str, Sequence[tuple[DegradeSpec, str]], int, str]) -> tuple[str, list[int], list[int], str | None]:
@@ -72,7 +60,7 @@ def degrade_tree(
 ) -> TreeResult:
     """Write ``target_dir/<rel with .fmt>`` for every image ``rel`` and every ``(spec, target_dir)``."""
     rels = list(rels)
-    result = TreeResult(written={s.size: 0 for s, _ in targets}, existing={s.size: 0 for s, _ in targets})
+    result = TreeResult.for_sizes(s.size for s, _ in targets)
     tasks = [
         (str(src_root / rel), rel, [(spec, str(d / output_rel(rel, fmt))) for spec, d in targets], seed, fmt)
         for rel in rels

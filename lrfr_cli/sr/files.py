@@ -10,7 +10,6 @@ returned as failures, never raised.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +20,11 @@ from torch import nn
 from ..data.degrade import DegradeSpec, degrade_batch
 from ..data.faces import to_input_size
 from ..data.images import ImageReadError, load_rgb, save_rgb
+from ..data.tree import TreeResult, output_rel
 from ..progress import ProgressFn, null_progress
 from ..workspace import atomic_path
 from .infer import super_resolve
 from .metrics import psnr
-
-
-@dataclass
-class TreeResult:
-    written: int = 0
-    existing: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-
-def output_rel(rel: str) -> str:
-    return Path(rel).with_suffix(".png").as_posix()
 
 
 def _load(path: Path) -> np.ndarray:
@@ -45,12 +34,12 @@ def _load(path: Path) -> np.ndarray:
 def super_resolve_tree(src: Path, rels: Sequence[str], out_dir: Path, net: nn.Module, spec: DegradeSpec, *,
                        device: torch.device, batch: int = 32, progress: ProgressFn = null_progress) -> TreeResult:
     """Write ``out_dir/<rel>.png`` (SR of ``rel`` degraded by ``spec``) for every image not yet there."""
-    res = TreeResult()
+    res = TreeResult.for_sizes([spec.size])
     progress(0, total=len(rels))
     todo = []
     for rel in rels:
-        if (out_dir / output_rel(rel)).exists():
-            res.existing += 1
+        if (out_dir / output_rel(rel, "png")).exists():
+            res.existing[spec.size] += 1
             progress(1)
         else:
             todo.append(rel)
@@ -69,11 +58,11 @@ def super_resolve_tree(src: Path, rels: Sequence[str], out_dir: Path, net: nn.Mo
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous().to(device)
         out = super_resolve(net, degrade_batch(x, spec)).permute(0, 2, 3, 1).cpu().numpy()
         for rel, img in zip(chunk, out):
-            dst = out_dir / output_rel(rel)
+            dst = out_dir / output_rel(rel, "png")
             dst.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(dst, fsync=False) as tmp:
                 save_rgb(tmp, img)
-            res.written += 1
+            res.written[spec.size] += 1
         progress(len(chunk))
     res.failures.sort()
     return res
@@ -112,4 +101,4 @@ def contact_sheet(src: Path, rels: Sequence[str], net: nn.Module, spec: DegradeS
     return {"psnr_bicubic": float(np.mean(p_bic)), "psnr_sr": float(np.mean(p_sr)), "rows": float(len(rels))}
 
 
-__all__ = ["TreeResult", "contact_sheet", "output_rel", "super_resolve_tree"]
+__all__ = ["contact_sheet", "super_resolve_tree"]
