@@ -130,7 +130,7 @@ def test_area_outputs_made_before_the_exact_box_are_redone(cli, ws, tmp_path, da
     src.mkdir(parents=True)
     for k, img in enumerate(_celeba_faces(data_dir, 2)):
         Image.fromarray(img).save(src / f"{k}.png")
-    args = ("degrade", tmp_path / "faces", "--sizes", "20", "--method", "area", "--no-upsample", "--workers", "1", "--json")
+    args = ("degrade", tmp_path / "faces", "--sizes", "20", "--down-method", "area", "--no-upsample", "--workers", "1", "--json")
     assert cli(ws, *args).json().get("up_to_date") is not True
     out = ws / "degraded" / "faces" / "20px"
     assert cli(ws, *args).json()["up_to_date"] is True  # same options: skipped

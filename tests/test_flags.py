@@ -46,6 +46,10 @@ def test_hidden_options_are_the_deprecated_spellings_only() -> None:
         (["finetune", "-m", "distill", "--from", "NOPE", "-d", "NOPE", "-b", "tiny"], "lrfr finetune: -m is deprecated"),
         (["finetune", "--method", "octuplet", "--margin", "0.3", "--from", "NOPE", "-d", "NOPE"], "lrfr finetune: --margin is deprecated"),
         (["eval", "-d", "lfw", "-m", "NOPE"], "lrfr eval: -d is deprecated"),
+        (["degrade", "NOPE", "-m", "area"], "lrfr degrade: -m is deprecated"),
+        (["align", "NOPE", "--margin", "4"], "lrfr align: --margin is deprecated"),
+        (["sr", "NOPE", "--model", "x", "-s", "8"], "lrfr sr: -s is deprecated"),
+        (["make-bin", "--pairs", "NOPE", "-r", "NOPE", "--out", "x.bin"], "lrfr make-bin: -r is deprecated"),
     ],
 )
 def test_old_spellings_still_work_with_a_note(cli, ws, args: list[str], note: str) -> None:

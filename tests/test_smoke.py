@@ -20,9 +20,9 @@ def test_shell_completion_completes_commands_and_options():
     env = {**os.environ, "_LRFR_COMPLETE": "complete_bash", "COMP_WORDS": "lrfr de", "COMP_CWORD": "1"}
     out = subprocess.run([exe], check=False, env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["degrade"]
-    env.update(COMP_WORDS="lrfr degrade --me", COMP_CWORD="2")
+    env.update(COMP_WORDS="lrfr degrade --do", COMP_CWORD="2")
     out = subprocess.run([exe], check=False, env=env, capture_output=True, text=True, timeout=60)
-    assert "--method" in out.stdout.split()
+    assert "--down-method" in out.stdout.split()
 
 
 def test_every_option_has_help():

@@ -54,7 +54,7 @@ def _assert_network_pixels(got: np.ndarray, want: np.ndarray) -> None:
 
 def test_sr_writes_the_network_output_and_a_contact_sheet(cli, ws, folder) -> None:
     net = make_sr_run(ws)
-    r = cli(ws, "sr", folder, "--model", "runs/srfake", "--size", "16", "--out", "faces", "--sheet", "3", "--json")
+    r = cli(ws, "sr", folder, "--model", "runs/srfake", "--lr-size", "16", "--out", "faces", "--sheet", "3", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     d = r.json()
     rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
@@ -75,13 +75,13 @@ def test_sr_writes_the_network_output_and_a_contact_sheet(cli, ws, folder) -> No
     small = degrade_array(first, DegradeSpec(16, upsample=False))
     np.testing.assert_array_equal(tile(0), np.asarray(Image.fromarray(small).resize((w, w), Image.NEAREST)))
 
-    again = cli(ws, "sr", folder, "--model", "runs/srfake", "--size", "16", "--out", "faces", "--sheet", "3", "--json").json()
+    again = cli(ws, "sr", folder, "--model", "runs/srfake", "--lr-size", "16", "--out", "faces", "--sheet", "3", "--json").json()
     assert again["up_to_date"] is True
 
 
 def test_an_interrupted_sr_run_resumes(cli, ws, folder) -> None:
     make_sr_run(ws)
-    args = ("sr", folder, "--model", "srfake", "--size", "16", "--out", "faces", "--sheet", "0", "--json")
+    args = ("sr", folder, "--model", "srfake", "--lr-size", "16", "--out", "faces", "--sheet", "0", "--json")
     assert cli(ws, *args).exit_code == 0
     art = ws / "sr" / "faces" / "16px"
     m = json.loads((art / "manifest.json").read_text())
@@ -97,11 +97,11 @@ def test_an_interrupted_sr_run_resumes(cli, ws, folder) -> None:
 def test_bad_input_is_one_line(cli, ws, folder) -> None:
     make_sr_run(ws)
     make_recogniser(ws)
-    r = cli(ws, "sr", folder, "--model", "runs/rec", "--size", "16")
+    r = cli(ws, "sr", folder, "--model", "runs/rec", "--lr-size", "16")
     out = r.stdout + r.stderr
     assert r.exit_code != 0 and "runs/rec is a face-recognition run, not a super-resolution one" in " ".join(out.split())
     assert len(out.strip().splitlines()) == 1
-    r = cli(ws, "sr", folder, "--model", "srfake", "--size", "8", "--sheet", "0")
+    r = cli(ws, "sr", folder, "--model", "srfake", "--lr-size", "8", "--sheet", "0")
     assert r.exit_code == 0 and "trained at 16 px; applying it at 8 px" in " ".join((r.stdout + r.stderr).split())
     empty = folder.parent / "empty"
     empty.mkdir()

@@ -59,7 +59,7 @@ def test_skip_if_done_and_force(cli, ws, src):
     assert forced.exit_code == 0 and forced.json()["written"] == 40
     assert all(p.stat().st_mtime_ns != m for p, m in mtimes.items())
     # other options for the same artifact: refused without --force, nothing changed
-    other = cli(ws, "degrade", src, "--sizes", "8", "--name", "d", "--method", "area", "--workers", "1")
+    other = cli(ws, "degrade", src, "--sizes", "8", "--name", "d", "--down-method", "area", "--workers", "1")
     _one_line_error(other)
     assert "--force" in other.stderr
     # inputs changed (an image added) is also another key
@@ -175,7 +175,7 @@ def test_bad_input_one_line_nothing_written(cli, ws, tmp_path, src, case):
         target = tmp_path / "f.jpg"
         target.write_text("x")
     elif case == "method":
-        extra = ["--method", "lanczos"]
+        extra = ["--down-method", "lanczos"]
     elif case == "size0":
         extra = ["--sizes", "0"]
     elif case == "too_big":

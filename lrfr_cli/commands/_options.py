@@ -20,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from ..data.degrade import METHOD_HELP
 from ..data.samplers import SAMPLERS
 from ..engine.optim import OPTIMIZERS, SCHEDULES
 from ..losses import heads
@@ -132,3 +133,17 @@ PixelMean = Annotated[str | None, typer.Option(
     "with --pixel-std; raw 0..255 pixels: --pixel-mean 0 --pixel-std 1. Default: its metadata.")]
 PixelStd = Annotated[str | None, typer.Option(
     "--pixel-std", help="ONNX model: the STD of --pixel-mean (insightface models: 127.5).")]
+
+# --------------------------------------------------------------------------- images in, LR images made
+Ext = Annotated[str | None, typer.Option(
+    "--ext", help="Comma-separated input extensions (default: jpg,jpeg,png,bmp,webp,tif,tiff,ppm,pgm).")]
+DownMethod = Annotated[str, typer.Option("--down-method", help=f"Down-sampling filter of the LR images. {METHOD_HELP}")]
+Blur = Annotated[float, typer.Option(
+    "--blur", min=0.0, help="Gaussian blur sigma (source pixels) applied before down-sampling; 0 = none.")]
+Noise = Annotated[float, typer.Option(
+    "--noise", min=0.0, help="Gaussian noise std (0..255 units) added to the LR image; deterministic per image path "
+    "and --seed.")]
+Jpeg = Annotated[int | None, typer.Option(
+    "--jpeg", min=1, max=100, help="Re-encode the LR image as JPEG at this quality (1..100).")]
+JpegQuality = Annotated[int, typer.Option(
+    "--jpeg-quality", min=1, max=100, help="JPEG quality of the faces written as JPEG.")]

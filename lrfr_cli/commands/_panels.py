@@ -22,8 +22,8 @@ _RUN = ("--run", "--epochs", "--max-steps", "--checkpoint-every", "--log-every",
 
 PANELS: dict[str, dict[str, tuple[str, ...]]] = {
     "align": {
-        "Output": ("--out", "--size", "--format", "--quality", "--ext", "--force"),
-        "Detection and crop": ("--select", "--min-face", "--min-prob", "--thresholds", "--max-side", "--margin", "--fallback", "--assume-cropped"),
+        "Output": ("--out", "--size", "--format", "--jpeg-quality", "--ext", "--force"),
+        "Detection and crop": ("--select", "--min-face", "--min-prob", "--thresholds", "--max-side", "--crop-margin", "--fallback", "--assume-cropped"),
         "Performance": ("--device", "--batch-size", "--workers", "--threads"),
     },
     "make-list": {
@@ -33,7 +33,7 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "degrade": {
         "Output": ("--name", "--sizes", "--upsample", "--format", "--ext", "--force"),
-        "Degradation": ("--method", "--blur", "--noise", "--jpeg", "--seed"),
+        "Degradation": ("--down-method", "--blur", "--noise", "--jpeg", "--seed"),
         "Performance": ("--workers",),
     },
     "train": {
@@ -70,7 +70,7 @@ PANELS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "sr": {
         "Model and output": ("--model", "--out", "--sheet", "--force"),
-        "Input": ("--size", "--method", "--ext"),
+        "Input": ("--lr-size", "--down-method", "--ext"),
         "Performance": ("--batch-size", "--device", "--threads"),
     },
     "report": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -17,8 +18,10 @@ from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
 from ..workspace import fingerprint_tree
+from . import _options as opt
 from ._artifact_job import FAILURES_CSV, MANIFEST_FAILURES, ArtifactJob, failure_rows
 from ._common import handle_errors, resolve_input, state, workspace
+from ._deprecated import old_spelling, prefer
 
 
 @handle_errors
@@ -31,22 +34,28 @@ def align(
     min_prob: float = typer.Option(0.95, "--min-prob", help="Keep faces whose detection probability is at least this."),
     thresholds: str = typer.Option("0.6,0.7,0.7", "--thresholds", help="MTCNN's P-, R- and O-net thresholds."),
     max_side: int = typer.Option(800, "--max-side", help="Photos are scaled so the longer side is at most this for detection (the warp always samples the full-resolution photo); 0 = never scale."),
-    margin: float = typer.Option(0.0, "--margin", help="Extra context in output pixels on each side (the template shrinks about the centre). 0 = the exact ArcFace crop most models expect."),
+    margin: float = typer.Option(0.0, "--crop-margin", help="Extra context in output pixels on each side (the template shrinks about the centre). 0 = the exact ArcFace crop most models expect."),
     fallback: str = typer.Option("none", "--fallback", help="Photos without a face: none (only listed in failures.csv) or center-crop (also write a centred crop, marked 'fallback' in landmarks.csv)."),
     assume_cropped: bool = typer.Option(False, "--assume-cropped", help="Inputs are tight face crops (e.g. 16-24 px surveillance faces, too small for MTCNN): map each crop onto the template's face box without detection."),
     fmt: str = typer.Option("jpg", "--format", help="Output format: jpg (quality --quality; what the training data uses) or png (lossless)."),
-    quality: int = typer.Option(92, "--quality", help="JPEG quality of the written faces."),
+    quality: opt.JpegQuality = 92,
     device: str = typer.Option("auto", "--device", help="Where MTCNN runs: auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Same-size photos detected together in one MTCNN pass."),
     workers: int = typer.Option(-1, "--workers", "-j", help="Decode processes; 0 = in the main process; -1 = auto: one per core beyond the first for photos over 1 megapixel, else 0 (small photos decode faster than they ship between processes)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for MTCNN (0 = torch's default: all cores, less one per decode process). On cores busy with other jobs, 1 can be several times faster."),
-    ext: str | None = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    ext: opt.Ext = None,
     force: bool = typer.Option(False, "--force", help="Redo an artifact that is complete, or was made with other options."),
+    old_margin: Annotated[float | None, old_spelling("--margin", "--crop-margin")] = None,
+    old_quality: Annotated[int | None, old_spelling("--quality", "--jpeg-quality")] = None,
 ) -> None:
     """Detect faces (MTCNN, batched) and warp each onto the ArcFace template, resumably.
 
     Photos without a face go to failures.csv; every face's box, landmarks and transform go to landmarks.csv. A folder whose images are all already the output size is copied unchanged.
     """
+    margin = prefer("align", margin, old_margin, new_flag="--crop-margin", old_flag="--margin", default=0.0,
+                    why="--margin is the loss margin in lrfr train")
+    quality = prefer("align", quality, old_quality, new_flag="--jpeg-quality", old_flag="--quality", default=92,
+                     why="--quality is the image-quality measure in lrfr train")
     st = state()
     ws = workspace()
     cfg = AlignConfig(

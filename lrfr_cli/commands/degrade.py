@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from PIL import Image
 
-from ..data.degrade import METHOD_HELP, METHODS, DegradeSpec, parse_sizes
+from ..data.degrade import METHODS, DegradeSpec, parse_sizes
 from ..data.degrade_files import FORMATS, degrade_tree
 from ..data.images import list_images, parse_exts
 from ..errors import LrfrError
 from ..workspace import fingerprint_tree
+from . import _options as opt
 from ._artifact_job import ArtifactJob, failure_lines, failure_rows, write_failures_csv
 from ._common import handle_errors, resolve_input, state, workspace
+from ._deprecated import old_spelling, prefer
 
 
 @handle_errors
@@ -22,22 +24,28 @@ def degrade(
     src: Path = typer.Argument(..., help="Folder of images (any tree; mirrored), or a workspace artifact such as aligned/NAME."),
     sizes: str = typer.Option("8,12,16,20", "--sizes", "-s", help="Comma-separated low-resolution heights in pixels."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Output name: <workspace>/degraded/NAME/<size>px/ (default: SRC's folder name)."),
-    method: str = typer.Option("bicubic", "--method", "-m", help=f"Down-sampling filter. {METHOD_HELP}"),
-    blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma (source pixels) applied before down-sampling; 0 = none."),
-    noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std (0..255 units) added to the low-resolution image; deterministic per image path and --seed."),
-    jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="Re-encode the low-resolution image as JPEG at this quality (1..100)."),
+    method: opt.DownMethod = "bicubic",
+    blur: opt.Blur = 0.0,
+    noise: opt.Noise = 0.0,
+    jpeg: opt.Jpeg = None,
     upsample: bool = typer.Option(True, "--upsample/--no-upsample", help="Up-sample back to the source size with bicubic interpolation (what a 112x112 network sees), or keep the small image."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     fmt: str = typer.Option("png", "--format", help="Output format: png (lossless, default) or jpg (quality 95; adds its own compression)."),
     workers: int = typer.Option(0, "--workers", "-j", min=0, help="Worker processes; 0 = all cores."),
-    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    ext: opt.Ext = None,
     force: bool = typer.Option(False, "--force", help="Redo sizes that are already complete; replace ones made with other options."),
+    old_method: Annotated[str | None, old_spelling("--method", "--down-method")] = None,
+    old_m: Annotated[str | None, old_spelling("-m", "--down-method")] = None,
 ) -> None:
     """Down-sample every image to each size (then optionally back up), resumably, on all cores."""
+    method = prefer("degrade", method, old_method, new_flag="--down-method", old_flag="--method", default="bicubic",
+                    why="--method is the fine-tuning method in lrfr finetune")
+    method = prefer("degrade", method, old_m, new_flag="--down-method", old_flag="-m", default="bicubic",
+                    why="-m is --model in the other commands")
     st = state()
     ws = workspace()
     if method not in METHODS:
-        raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise LrfrError(f"--down-method {method!r}: choose one of {', '.join(METHODS)}")
     if fmt not in FORMATS:
         raise LrfrError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     size_list = parse_sizes(sizes)

@@ -15,9 +15,9 @@ import typer
 from rich.table import Table
 
 from .. import protocols
-from ..data.degrade import METHOD_HELP, METHODS, UP_METHOD_HELP, UP_METHODS, parse_sizes
+from ..data.degrade import METHODS, UP_METHOD_HELP, UP_METHODS, parse_sizes
 from ..data.sources import AlignedFolder
-from ..embed import CHECKPOINT_CHOICES, EmbeddingCache, embed, pending, resolve_model
+from ..embed import EmbeddingCache, embed, pending, resolve_model
 from ..embed.extract import with_sr
 from ..embed.model import AUTO_HELP, choose_backend
 from ..engine import resolve_device, resolve_precision
@@ -94,7 +94,7 @@ def eval_cmd(
     dataset: Annotated[str | None, typer.Option("--dataset", help=f"Protocol (required): {', '.join(protocols.names())}.")] = None,
     model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (run by onnxruntime; its preprocessing from its metadata_props or --layout, --channel-order, --pixel-mean, --pixel-std)."),
     backbone: opt.CheckpointBackbone = None,
-    checkpoint: str = typer.Option("auto", "--checkpoint", help=f"Which checkpoint of a run: {', '.join(CHECKPOINT_CHOICES)} (auto = best.pt if present, else last.pt)."),
+    checkpoint: opt.Checkpoint = "auto",
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + "). --dataset bin: a .bin file, a folder of them or a,b.bin (one record each)."),
     sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help=f"{_for('sizes')} probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),
     setting: str = typer.Option("hr-lr", "--setting", help=f"{_for('setting')} hr-hr, hr-lr (first image HR, second degraded to each size) or lr-lr (both degraded)."),
@@ -104,11 +104,11 @@ def eval_cmd(
     distance: str = typer.Option("all", "--distance", help=f"{_for('distance')} probe distance 1 (4.20 m), 2 (2.60 m), 3 (1.00 m), a list like 1,2, or all."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="SCface: folder with scface_mugshot.csv and scface_distance{{1,2,3}}.csv (default $LRFR_DATA/protocols/scface); LFW with --align landmarks: a 'Name/Name_0001.jpg,x1,y1,...,x5,y5' file (default $LRFR_DATA/protocols/lfw_landmarks/LFW.csv)."),
     distractors: bool = typer.Option(True, "--distractors/--no-distractors", help=f"{_for('distractors')} add Gallery_Distractor to the gallery (the official protocol)."),
-    down_method: Annotated[str, typer.Option("--down-method", help=f"Down-sampling filter for LR probes. {METHOD_HELP}")] = "bicubic",
+    down_method: opt.DownMethod = "bicubic",
     up_method: str = typer.Option("bicubic", "--up-method", help=f"{_for('up_method')} filter that brings LR probes back to the input size. {UP_METHOD_HELP}"),
-    blur: float = typer.Option(0.0, "--blur", min=0.0, help="Gaussian blur sigma before down-sampling (as `lrfr degrade`)."),
-    noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian noise std on the LR image (0..255), seeded per image path."),
-    jpeg: Optional[int] = typer.Option(None, "--jpeg", min=1, max=100, help="JPEG quality of the LR image."),
+    blur: opt.Blur = 0.0,
+    noise: opt.Noise = 0.0,
+    jpeg: opt.Jpeg = None,
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     sr: str = typer.Option("bicubic", "--sr", help=f"{_for('sr')} how LR probes are brought back to the input size: bicubic (the baseline, up-sampling only) or runs/SRRUN from `lrfr train --task sr` (the bicubic face then super-resolved by that network; HR images are untouched and their cached embeddings reused). Sizes the SR run was not trained at are allowed with a warning."),
     bin_channels: str = typer.Option("rgb", "--bin-channels", help=f"{_for('bin_channels')} rgb (the pack's JPEG/PNG files hold true colours: insightface's packs, lrfr make-bin) or bgr (red and blue swapped in the files, as when RGB arrays were encoded with OpenCV)."),

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import LrfrError
+from . import _options as opt
 from ._artifact_job import ArtifactJob
 from ._common import handle_errors, state, workspace
 
@@ -19,12 +20,12 @@ def export_cmd(
     model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (re-exported with lrfr's input and metadata)."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="Output format: onnx (float32 input, (pixel - 127.5) / 127.5, dynamic batch, preprocessing in metadata_props)."),
     layout: str = typer.Option("nchw", "--layout", help="Input layout of the written graph: nchw (N×3×112×112, insightface's) or nhwc (N×112×112×3); recorded in the metadata, which `lrfr eval --model` reads."),
-    pixel_mean: str | None = typer.Option(None, "--pixel-mean", help="ONNX --model only: its input is (pixel - MEAN) / STD (with --pixel-std; raw 0..255: 0 and 1), where its metadata does not say."),
-    pixel_std: str | None = typer.Option(None, "--pixel-std", help="ONNX --model only: the STD of --pixel-mean."),
+    pixel_mean: opt.PixelMean = None,
+    pixel_std: opt.PixelStd = None,
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the model here instead of exports/NAME/model.onnx (no manifest)."),
-    backbone: str | None = typer.Option(None, "--backbone", help="Network of an external checkpoint (default: the registered one whose parameters fit)."),
-    checkpoint: str = typer.Option("auto", "--checkpoint", help="Which checkpoint of a run: auto (best.pt if present, else last.pt), best or last."),
-    channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto (bgr for AdaFace-layout checkpoints, else rgb), rgb or bgr; recorded in the metadata."),
+    backbone: opt.CheckpointBackbone = None,
+    checkpoint: opt.Checkpoint = "auto",
+    channel_order: opt.ChannelOrder = "auto",
     check_images: Path | None = typer.Option(None, "--check-images", help="Aligned faces to verify onnxruntime against PyTorch on (default $LRFR_DATA/celeba_subset/images)."),
     check_count: int = typer.Option(16, "--check-count", min=2, help="How many faces the check uses (spread over the folder)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Verify onnxruntime's L2-normalised embeddings equal PyTorch's within 1e-4 before writing (--no-check: write unverified, said so in the metadata)."),

@@ -9,12 +9,14 @@ in the pairs file's order, so its folds are the file's folds (10 contiguous bloc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import LrfrError
+from . import _options as opt
 from ._common import handle_errors, state, workspace
+from ._deprecated import old_spelling, prefer, require
 
 ENCODINGS = ("auto", "jpg", "png")
 
@@ -58,11 +60,13 @@ def _encode(path: Path, size: int, encoding: str, quality: int) -> tuple[bytes, 
 @handle_errors
 def make_bin(
     pairs: Path = typer.Option(..., "--pairs", "-p", help="Pairs file: LFW's pairs.txt format ('name i j' / 'name1 i name2 j', header 'FOLDS N' or none) or 'path1 path2 0|1' lines."),
-    root: Path = typer.Option(..., "--root", "-r", help="Folder of ALIGNED faces the pairs name (e.g. aligned/NAME from `lrfr align`, or ROOT/<Name>/<Name>_0001.jpg); LFW names are also found as .png."),
+    root: Path | None = typer.Option(None, "--root", help="Required: the folder of ALIGNED faces the pairs name (e.g. aligned/NAME from `lrfr align`, or ROOT/<Name>/<Name>_0001.jpg); LFW names are also found as .png."),
     out: Path = typer.Option(..., "--out", "-o", help="The .bin to write (replaced atomically if it exists)."),
     size: int = typer.Option(112, "--size", min=16, help="Face size in pixels; faces of another size are resized (with a warning: align them first)."),
     encoding: str = typer.Option("auto", "--encode", help="auto (keep SIZE-square JPEG/PNG files byte for byte, encode others as JPEG), jpg (re-encode every face as JPEG) or png (lossless)."),
-    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality of faces that are encoded (insightface's packs are JPEG)."),
+    quality: opt.JpegQuality = 95,
+    old_root: Annotated[Path | None, old_spelling("-r", "--root")] = None,
+    old_quality: Annotated[int | None, old_spelling("--quality", "--jpeg-quality")] = None,
 ) -> None:
     """Write an insightface .bin verification pack from pairs of aligned faces.
 
@@ -70,6 +74,9 @@ def make_bin(
 
     Example: lrfr make-bin --pairs $LRFR_DATA/lfw/pairs.txt --root aligned/lfw --out lfw.bin
     """
+    root = require(prefer("make-bin", root, old_root, new_flag="--root", old_flag="-r", why="-r is --runs in lrfr report"), "--root")
+    quality = prefer("make-bin", quality, old_quality, new_flag="--jpeg-quality", old_flag="--quality", default=95,
+                     why="--quality is the image-quality measure in lrfr train")
     from ..data.binfile import write_bin
     from ..protocols.lfw import read_pairs, validation_pairs
 

@@ -10,6 +10,7 @@ import typer
 from ..data.images import parse_exts, walk_files
 from ..data.lists import VAL_MODES, build_list, format_list, labels_json, read_names
 from ..workspace import atomic_write_text, fingerprint_file, fingerprint_tree
+from . import _options as opt
 from ._artifact_job import ArtifactJob
 from ._common import handle_errors, resolve_input, state, workspace
 
@@ -23,7 +24,7 @@ def make_list(
     val_fraction: float = typer.Option(0.0, "--val-fraction", min=0.0, max=0.99, help="Fraction held out for validation (see --val-mode); 0 = no val.txt."),
     val_mode: str = typer.Option("images", "--val-mode", help=f"images: hold out that fraction of each identity's images (closed set); identities: hold out whole identities (open set). One of {', '.join(VAL_MODES)}."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation split (same seed, same split)."),
-    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated image extensions to include (default: jpg,jpeg,png,bmp,webp,tif,tiff,ppm,pgm)."),
+    ext: opt.Ext = None,
     force: bool = typer.Option(False, "--force", help="Redo even if an identical list exists; replace a list made with other options."),
 ) -> None:
     """Write 'rel/path label' lines (labels 0..N-1 in sorted identity order) and a label map."""

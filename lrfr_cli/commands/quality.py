@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import LrfrError
+from . import _options as opt
 from ._common import handle_errors, resolve_input, state, workspace
 
 MEASURES = ("feature_norm", "laplacian_variance", "laplacian_mean_abs")
@@ -18,19 +19,19 @@ MEASURES = ("feature_norm", "laplacian_variance", "laplacian_mean_abs")
 def quality_cmd(
     src: Path = typer.Argument(..., help="Folder of faces (any tree), or a workspace artifact such as aligned/NAME or degraded/NAME/16px. Faces not at the input size are resized to it."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="runs/RUN or an external checkpoint: adds the feature norm (AdaFace's quality proxy). Without it only the Laplacian measures are computed."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Network of an external checkpoint (as `lrfr eval`)."),
-    checkpoint: str = typer.Option("auto", "--checkpoint", help="Which checkpoint of a run: auto, best or last."),
-    channel_order: str = typer.Option("auto", "--channel-order", help="Channel order the model expects: auto, rgb or bgr."),
+    backbone: opt.CheckpointBackbone = None,
+    checkpoint: opt.Checkpoint = "auto",
+    channel_order: opt.ChannelOrder = "auto",
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output name: quality/NAME/ (default: SRC's folder name)."),
     min_norm: Optional[float] = typer.Option(None, "--min-norm", min=0.0, help="Reject faces whose feature norm is below this (needs --model); listed in rejected.txt, the rest in kept.txt."),
     min_laplacian: Optional[float] = typer.Option(None, "--min-laplacian", min=0.0, help="Reject faces whose Laplacian variance is below this (an 8-px face brought back to 112 scores ~2-3, a sharp one hundreds)."),
     size: int = typer.Option(112, "--size", min=16, help="Input size without --model (with one, the model's input size)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (CUDA) for the forward pass."),
+    device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Faces per forward pass."),
     workers: int = typer.Option(2, "--workers", "-j", min=0, help="Image decoding worker processes (0 = in the main process)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = torch's default); 1 is often fastest on busy shared cores."),
-    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    threads: opt.Threads = 0,
+    ext: opt.Ext = None,
     force: bool = typer.Option(False, "--force", help="Recompute (and replace an output made from other inputs or options)."),
 ) -> None:
     """Score every face of a folder by quality (feature norm, Laplacian sharpness) to drop unusable ones.

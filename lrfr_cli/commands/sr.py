@@ -3,35 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
 
-from ..data.degrade import METHOD_HELP, METHODS, DegradeSpec
+from ..data.degrade import METHODS, DegradeSpec
 from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
 from ..workspace import fingerprint_tree
+from . import _options as opt
 from ._artifact_job import ArtifactJob, failure_lines
 from ._common import handle_errors, resolve_input, state, workspace
+from ._deprecated import old_spelling, prefer
 
 
 @handle_errors
 def sr_cmd(
     src: Path = typer.Argument(..., help="Folder of aligned faces (any tree; mirrored), or a workspace artifact such as aligned/NAME. Non-112-px images are resized to 112."),
     model: str = typer.Option(..., "--model", "-m", help="runs/SRRUN from `lrfr train --task sr` (a recognition run is refused)."),
-    size: int = typer.Option(16, "--size", "-s", min=1, max=111, help="LR height in pixels each face is degraded to (as `lrfr eval` degrades probes) before it is super-resolved."),
+    size: int = typer.Option(16, "--lr-size", min=1, max=111, help="LR height in pixels each face is degraded to (as `lrfr eval` degrades probes) before it is super-resolved."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output name: <workspace>/sr/NAME/<size>px/ and sr/NAME/contact_<size>px.png (default: SRC's folder name)."),
-    method: str = typer.Option("bicubic", "--method", help=f"Down-sampling filter of the LR faces. {METHOD_HELP}"),
+    method: opt.DownMethod = "bicubic",
     sheet: int = typer.Option(8, "--sheet", min=0, help="Faces on the before/after contact sheet (LR input, bicubic, SR, HR; spread over the folder); 0 = none."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Faces per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = torch's default); 1 is often fastest on busy shared cores."),
-    ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated input extensions (default: common image types)."),
+    device: opt.Device = "auto",
+    threads: opt.Threads = 0,
+    ext: opt.Ext = None,
     force: bool = typer.Option(False, "--force", help="Redo a complete output; replace one made with another model or options."),
+    old_size: Annotated[int | None, old_spelling("--size", "--lr-size")] = None,
+    old_s: Annotated[int | None, old_spelling("-s", "--lr-size")] = None,
+    old_method: Annotated[str | None, old_spelling("--method", "--down-method")] = None,
 ) -> None:
     """Super-resolve a folder's faces with an SR run (writes sr/NAME/<size>px/ and a contact sheet)."""
+    size = prefer("sr", size, old_size, new_flag="--lr-size", old_flag="--size", default=16, why="--size is a face's full size in align, quality and make-bin")
+    size = prefer("sr", size, old_s, new_flag="--lr-size", old_flag="-s", default=16, why="-s is --sizes in degrade and eval")
+    method = prefer("sr", method, old_method, new_flag="--down-method", old_flag="--method", default="bicubic",
+                    why="--method is the fine-tuning method in lrfr finetune")
     import torch
 
     from ..sr.files import contact_sheet, super_resolve_tree
@@ -40,7 +49,7 @@ def sr_cmd(
     st = state()
     ws = workspace()
     if method not in METHODS:
-        raise LrfrError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise LrfrError(f"--down-method {method!r}: choose one of {', '.join(METHODS)}")
     src = resolve_input(src, ws.root)
     srm = load_sr_run(model, ws.root, flag="--model")
     name = out or src.name

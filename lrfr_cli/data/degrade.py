@@ -90,7 +90,7 @@ class DegradeSpec:
             del d["up_method"]  # the default: manifests written before the option stay valid
         if self.method == "area":
             # Marks the exact fractional-overlap box (it replaced torch's adaptive pooling), so
-            # `lrfr degrade --method area` outputs made before the change are redone, not reused.
+            # `lrfr degrade --down-method area` outputs made before the change are redone, not reused.
             d["box"] = "exact-overlap"
         return d
 
