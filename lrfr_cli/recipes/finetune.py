@@ -24,6 +24,7 @@ from ..engine.tasks import Task
 from ..errors import LrfrError
 from ..finetune import build_method, method_class, parse_method_opts, resolve_options
 from ..finetune.base import check_pk
+from ..losses.recipe import LossChoice
 from ..models import INPUT_SIZE
 from ..protocols.lfw import validation_pairs
 from ..workspace import fingerprint_file
@@ -104,22 +105,42 @@ def _contract_text(c: dict[str, Any]) -> str:
             f"{c['layout'].upper()} into the ONNX graph")
 
 
-def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision: str) -> tuple[TrainingRun, RunSummary]:
-    """The training run of ``lrfr finetune`` (every option checked before the run folder is claimed)."""
+def method_choice(a: FinetuneArgs) -> tuple[Any, dict[str, Any], LossChoice | None, tuple[int, ...]]:
+    """The method, its options (flags and --method-opt), its identity loss and the LR sizes,
+    checked before anything is loaded."""
     cls = method_class(a.method)
-    method = cls.name
     a.check_loop_choices()
-    opts = resolve_options(method, parse_method_opts(method, a.method_opt or [], flags={
+    opts = resolve_options(cls.name, parse_method_opts(cls.name, a.method_opt or [], flags={
         "--triplet-margin": ("margin", a.triplet_margin), "--id-weight": ("id_weight", a.id_weight), "--p-down": ("p_down", a.p_down),
         "--p-down-end": ("p_down_end", a.p_down_end), "--lambda": ("lam", a.lam), "--feature-loss": ("feature_loss", a.feature_loss),
     }))
     id_loss = cls.identity_loss(a.loss, a.loss_opt or [], opts)
     if a.freeze_backbone and cls.default_loss is not None and id_loss is None:
-        raise LrfrError(f"--freeze-backbone: method {method} has no head to train with these options, so nothing would change")
+        raise LrfrError(f"--freeze-backbone: method {cls.name} has no head to train with these options, so nothing would change")
     sizes = tuple(sorted(set(lr_sizes(a.lr_sizes)))) if a.lr_sizes else cls.default_lr_sizes
     bad = [s for s in sizes if s >= INPUT_SIZE]
     if bad:
         raise LrfrError(f"--lr-sizes: {bad[0]}px is not below the input height {INPUT_SIZE}px")
+    return cls, opts, id_loss, sizes
+
+
+def parent_record(parent: LoadedModel) -> tuple[dict[str, Any], dict[str, Any]]:
+    """config.json's record of the parent and the part of it that is the run's identity (its
+    checkpoint's sha1 and, for an ONNX parent, how its input is made from lrfr's faces)."""
+    rec = {"name": parent.name, "source": parent.source, "backbone": parent.backbone,
+           "checkpoint": str(parent.checkpoint), "checkpoint_sha1": parent.sha1}
+    ident: dict[str, Any] = {"checkpoint_sha1": parent.sha1}
+    if parent.source == "onnx":  # the file's sha256 and how its input is made from lrfr's faces
+        rec.update(sha256=parent.sha256, input_contract=parent.contract)
+    if parent.contract:
+        ident["input_contract"] = {k: parent.contract[k] for k in ("layout", "channel_order", "mean", "std")}
+    return rec, ident
+
+
+def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision: str) -> tuple[TrainingRun, RunSummary]:
+    """The training run of ``lrfr finetune`` (every option checked before the run folder is claimed)."""
+    cls, opts, id_loss, sizes = method_choice(a)
+    method = cls.name
     parent = load_parent(a.from_, ws_root, a.backbone, a.checkpoint, a.embedding_size,
                          {"channel_order": a.channel_order, "layout": a.layout, "pixel_mean": a.pixel_mean, "pixel_std": a.pixel_std})
     emb = parent.embedding_size
@@ -138,10 +159,7 @@ def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision
     if id_loss:
         id_loss.check(emb, ts.num_classes)  # fail on bad head options before claiming the run
     task_opts = {"freeze_backbone": a.freeze_backbone, "head_lr_scale": head_scale}
-    parent_rec = {"name": parent.name, "source": parent.source, "backbone": parent.backbone,
-                  "checkpoint": str(parent.checkpoint), "checkpoint_sha1": parent.sha1}
-    if parent.source == "onnx":  # the file's sha256 and how its input is made from lrfr's faces
-        parent_rec.update(sha256=parent.sha256, input_contract=parent.contract)
+    parent_rec, parent_id = parent_record(parent)
     config: dict[str, Any] = {
         "backbone": parent.backbone,
         "embedding_size": emb,
@@ -164,9 +182,7 @@ def finetune_run(a: FinetuneArgs, ws_root: Path, device: torch.device, precision
         "val_pairs": str(a.val_pairs) if a.val_pairs else None,
     }
     options = {key: v for key, v in config.items() if key not in ("data", "images", "parent")}
-    inputs: dict[str, Any] = {"data": ts.fingerprint, "parent": {"checkpoint_sha1": parent.sha1}}
-    if parent.contract:
-        inputs["parent"]["input_contract"] = {k: parent.contract[k] for k in ("layout", "channel_order", "mean", "std")}
+    inputs: dict[str, Any] = {"data": ts.fingerprint, "parent": parent_id}
     if a.val_pairs:
         inputs["val_pairs"] = fingerprint_file(a.val_pairs)
 
