@@ -171,8 +171,9 @@ def align_faces(setup: Setup, align: str, ws: Workspace, *, workers: int, landma
         all_rels = list(dict.fromkeys(r for rels in plan.requests.values() for r in rels))
         plan.images, images_info = aligned_images(setup.proto, plan.images, setup.root, align, all_rels, ws, device=str(setup.dev),
                                                   workers=workers, st=st, size=setup.opts.input_size, landmarks=landmarks)
+    images_info = {**plan.images.describe(), **images_info}
     clock.align_s = time.time() - t_align
-    return {**plan.images.describe(), **images_info}
+    return images_info
 
 
 def aligned_images(proto: EvalProtocol, center: Any, root: Path, align: str, rels: list[str], ws: Workspace, device: str,
