@@ -1,4 +1,4 @@
-"""The steps around a command's work on workspace artifacts (align, degrade, sr, make-list, export).
+"""The steps around a command's work on workspace artifacts (align, degrade, sr, make-list, export, quality).
 
 Each such command claims its artifact under the workspace's lock and manifest
 (:meth:`Artifact.run`), says "up to date" and stops when the artifact is complete from the same
@@ -6,7 +6,8 @@ inputs and options, says so when it resumes a killed run, records its counts in 
 reports the inputs it could not use (``failures.csv``, the manifest, one warning naming the
 first) and ends with one summary line whose JSON names the command and whether it did anything.
 :class:`ArtifactJob` does these steps one way, so a command states only what differs: the
-artifact, its options and inputs, the work, and the words.
+artifact, its options and inputs, the work, and the words. (``quality`` claims through it but
+keeps its own summary, whose JSON predates the shared keys.)
 """
 
 from __future__ import annotations

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from ..errors import LrfrError
+from ..workspace import Workspace, fingerprint_tree
 from . import _options as opt
+from ._artifact_job import ArtifactJob
 from ._common import handle_errors, resolve_input, state, workspace
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.table import Table
+
+    from ..embed import LoadedModel
 
 MEASURES = ("feature_norm", "laplacian_variance", "laplacian_mean_abs")
 
@@ -47,80 +55,119 @@ def quality_cmd(
     Examples: lrfr quality aligned/cctv -m runs/RUN --min-norm 12 ·
     lrfr quality degraded/faces/8px --min-laplacian 5 --json
     """
-    import numpy as np
-    import torch
-
-    from ..data.images import list_images, parse_exts
-    from ..embed.quality import folder_images, laplacian_scores, model_scores
-    from ..protocols.quality import summarize
-    from ..workspace import atomic_path, atomic_write_json, fingerprint_tree
-
     st = state()
     ws = workspace()
     if min_norm is not None and model is None:
         raise LrfrError("--min-norm needs --model (the feature norm is the model's)")
     src = resolve_input(src, ws.root)
-    images = list_images(src, parse_exts(ext))
-    if not images:
-        raise LrfrError(f"{src}: no images found (looked for {', '.join(parse_exts(ext))} recursively)")
+    images = _faces(src, ext)
     rels = [p.relative_to(src).as_posix() for p in images]
     name = out or src.name
     if not name or "/" in name or name.startswith("."):
         raise LrfrError(f"--out {name!r}: use a plain folder name (quality/NAME/)")
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-
-    loaded = None
-    if model is not None:
-        from ..embed import resolve_model
-
-        loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order)
+    loaded = _load(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order)
+    if loaded is not None:
         size = loaded.input_size
     ws.ensure_writable()
     art = ws.artifact("quality", name)
     options: dict[str, Any] = {"model": loaded.describe() if loaded else None, "size": size, "precision": precision if loaded else None,
                                "min_norm": min_norm, "min_laplacian": min_laplacian}
-    t0 = time.time()
-    with art.run("quality", options, {"src": fingerprint_tree(src, images)}, force=force) as run:
+    job = ArtifactJob("quality", force=force)
+    with job.claim(art, options, {"src": fingerprint_tree(src, images)}) as run:
         if not run.skipped:
-            if loaded is not None:
-                from ..embed import EmbeddingCache
-                from ..engine import resolve_device, resolve_precision
-
-                dev = resolve_device(device)
-                prec = resolve_precision(precision, dev)
-                faces = folder_images(src, size)
-                cache = EmbeddingCache(ws, loaded.cache_id + ("" if prec == "fp32" else f"-{prec}"), faces.name,
-                                       {"images": faces.describe(), "model_sha1": loaded.sha1, "precision": prec,
-                                        "channel_order": loaded.channel_order}, refresh=force)
-                with cache.artifact.lock(), st.progress(f"quality of {len(rels)} faces ({loaded.name})", total=len(rels)) as progress:
-                    scores, _ = model_scores(loaded, cache, faces, rels, device=dev, precision=prec, batch_size=batch_size,
-                                             workers=workers, progress=progress)
-            else:
-                with st.progress(f"Laplacian of {len(rels)} faces", total=len(rels)) as progress:
-                    scores = laplacian_scores(src, rels, size, batch=batch_size, progress=progress)
-            cols = [m for m in MEASURES if m in scores]
-            reject = np.zeros(len(rels), dtype=bool)
-            if min_norm is not None:
-                reject |= scores["feature_norm"] < min_norm
-            if min_laplacian is not None:
-                reject |= scores["laplacian_variance"] < min_laplacian
-            with atomic_path(art.path / "scores.csv") as tmp:
-                with open(tmp, "w") as fh:
-                    fh.write(",".join(["image", *cols]) + "\n")
-                    for i, r in enumerate(rels):
-                        fh.write(",".join([r, *(f"{scores[m][i]:.6g}" for m in cols)]) + "\n")
-            if min_norm is not None or min_laplacian is not None:
-                for fname, mask in (("rejected.txt", reject), ("kept.txt", ~reject)):
-                    with atomic_path(art.path / fname) as tmp:
-                        Path(tmp).write_text("".join(r + "\n" for r, bad in zip(rels, mask) if bad))
-            summary = {m: summarize(scores[m]) for m in cols}
-            atomic_write_json(art.path / "summary.json", {"faces": len(rels), "measures": summary})
-            run.record(faces=len(rels), summary=summary, rejected=int(reject.sum()) if (min_norm is not None or min_laplacian is not None) else None)
+            scores = _scores(loaded, ws, src, rels, size, device=device, precision=precision, batch_size=batch_size,
+                             workers=workers, force=force, st=st)
+            summary, rejected = _write(art.path, rels, scores, min_norm, min_laplacian)
+            run.record(faces=len(rels), summary=summary, rejected=rejected)
         counts = dict(run.counts)
     doc = {"name": name, "path": str(art.path), "scores": str(art.path / "scores.csv"), "faces": counts.get("faces"),
            "summary": counts.get("summary"), "rejected": counts.get("rejected"), "skipped": run.skipped,
-           "model": loaded.name if loaded else None, "seconds": round(time.time() - t0, 3)}
+           "model": loaded.name if loaded else None, "seconds": round(time.time() - job.t0, 3)}
+    st.table(_table(src, counts))
+    what = "already complete" if run.skipped else f"{counts.get('faces')} faces scored"
+    rej = f", {counts['rejected']} rejected (rejected.txt)" if counts.get("rejected") is not None else ""
+    st.summary(f"[green]quality[/green] {what}{rej} → {art.path / 'scores.csv'}", doc)
+
+
+def _faces(src: Path, ext: Optional[str]) -> list[Path]:
+    """The images under ``src`` (recursively), or the error that says which extensions were sought."""
+    from ..data.images import list_images, parse_exts
+
+    images = list_images(src, parse_exts(ext))
+    if not images:
+        raise LrfrError(f"{src}: no images found (looked for {', '.join(parse_exts(ext))} recursively)")
+    return images
+
+
+def _load(model: Optional[str], ws_root: Path, **model_opts: Any) -> LoadedModel | None:
+    """``--model``, loaded (its input size then decides the faces'), or None for the Laplacian alone."""
+    if model is None:
+        return None
+    from ..embed import resolve_model
+
+    return resolve_model(model, ws_root, **model_opts)
+
+
+def _scores(loaded: LoadedModel | None, ws: Workspace, src: Path, rels: list[str], size: int, *, device: str, precision: str,
+            batch_size: int, workers: int, force: bool, st: Any) -> dict[str, np.ndarray]:
+    """Each measure over ``rels``: with a model, its feature norm and the Laplacians through the
+    embedding cache (so the pass resumes after a kill); without one, the Laplacians alone."""
+    from ..embed.quality import folder_images, laplacian_scores, model_scores
+
+    if loaded is None:
+        with st.progress(f"Laplacian of {len(rels)} faces", total=len(rels)) as progress:
+            return laplacian_scores(src, rels, size, batch=batch_size, progress=progress)
+    from ..embed import EmbeddingCache
+    from ..engine import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    faces = folder_images(src, size)
+    cache = EmbeddingCache(ws, loaded.cache_id + ("" if prec == "fp32" else f"-{prec}"), faces.name,
+                           {"images": faces.describe(), "model_sha1": loaded.sha1, "precision": prec,
+                            "channel_order": loaded.channel_order}, refresh=force)
+    with cache.artifact.lock(), st.progress(f"quality of {len(rels)} faces ({loaded.name})", total=len(rels)) as progress:
+        scores, _ = model_scores(loaded, cache, faces, rels, device=dev, precision=prec, batch_size=batch_size,
+                                 workers=workers, progress=progress)
+    return scores
+
+
+def _write(folder: Path, rels: list[str], scores: dict[str, np.ndarray], min_norm: Optional[float],
+           min_laplacian: Optional[float]) -> tuple[dict[str, Any], int | None]:
+    """scores.csv, summary.json and, with a threshold, rejected.txt and kept.txt in ``folder``;
+    the per-measure summary and how many faces were rejected (None without a threshold)."""
+    import numpy as np
+
+    from ..protocols.quality import summarize
+    from ..workspace import atomic_path, atomic_write_json
+
+    cols = [m for m in MEASURES if m in scores]
+    reject = np.zeros(len(rels), dtype=bool)
+    if min_norm is not None:
+        reject |= scores["feature_norm"] < min_norm
+    if min_laplacian is not None:
+        reject |= scores["laplacian_variance"] < min_laplacian
+    with atomic_path(folder / "scores.csv") as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(",".join(["image", *cols]) + "\n")
+            for i, r in enumerate(rels):
+                fh.write(",".join([r, *(f"{scores[m][i]:.6g}" for m in cols)]) + "\n")
+    thresholds = min_norm is not None or min_laplacian is not None
+    if thresholds:
+        for fname, mask in (("rejected.txt", reject), ("kept.txt", ~reject)):
+            with atomic_path(folder / fname) as tmp:
+                Path(tmp).write_text("".join(r + "\n" for r, bad in zip(rels, mask) if bad))
+    summary = {m: summarize(scores[m]) for m in cols}
+    atomic_write_json(folder / "summary.json", {"faces": len(rels), "measures": summary})
+    return summary, int(reject.sum()) if thresholds else None
+
+
+def _table(src: Path, counts: dict[str, Any]) -> Table:
+    """The recorded summary of each measure, one row each."""
     from rich.table import Table
 
     t = Table(title=f"quality of {src} ({counts.get('faces')} faces)", title_justify="left")
@@ -128,10 +175,7 @@ def quality_cmd(
         t.add_column(c, justify="right")
     for m, s in (counts.get("summary") or {}).items():
         t.add_row(m, *(f"{s[k]:.4g}" for k in ("mean", "p10", "p50", "p90")))
-    st.table(t)
-    what = "already complete" if run.skipped else f"{counts.get('faces')} faces scored"
-    rej = f", {counts['rejected']} rejected (rejected.txt)" if counts.get("rejected") is not None else ""
-    st.summary(f"[green]quality[/green] {what}{rej} → {art.path / 'scores.csv'}", doc)
+    return t
 
 
 def register(app: typer.Typer) -> None:
