@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..data.degrade import METHODS, UP_METHODS, parse_sizes
+from ..data.degrade import parse_sizes
+from ..data.filters import METHODS, UP_METHODS
 from ..data.sources import AlignedFolder
 from ..embed import EmbeddingCache, Embeddings, EmbedStats, LoadedModel, embed, pending, resolve_model
 from ..embed.extract import with_sr

@@ -11,6 +11,10 @@ Short flags have one meaning across lrfr: ``-d`` data, ``-m`` model, ``-b`` batc
 epochs, ``-j`` workers, ``-l`` loss, ``-o`` out, ``-s`` low-resolution size(s), ``-f`` format,
 ``-n`` name, ``-r`` runs, ``-p`` pairs. Spellings that meant something else keep working for one
 release through :mod:`._deprecated`.
+
+Nothing here imports torch, so the light commands (``make-list``, ``report``) may use it; the
+options whose help lists torch-backed registries (backbones, losses, ...) are in
+:mod:`._model_options`.
 """
 
 from __future__ import annotations
@@ -20,11 +24,7 @@ from typing import Annotated
 
 import typer
 
-from ..data.degrade import METHOD_HELP
-from ..data.samplers import SAMPLERS
-from ..engine.optim import OPTIMIZERS, SCHEDULES
-from ..losses import heads
-from ..models import BACKBONES
+from ..data.filters import METHOD_HELP
 
 # --------------------------------------------------------------------------- data and run
 Data = Annotated[str, typer.Option(
@@ -48,24 +48,13 @@ Workers = Annotated[int, typer.Option(
 Seed = Annotated[int, typer.Option(
     "--seed", help="Seed of initialisation (a new head), data order and on-device randomness such as LR sizes "
     "(same seed, same run on CPU).")]
-Sampler = Annotated[str, typer.Option(
-    "--sampler", help="Batch sampler: " + "; ".join(f"{k}: {v.summary}" for k, v in SAMPLERS.items()) + ".")]
 
 # --------------------------------------------------------------------------- model and loss
-Backbone = Annotated[str, typer.Option(
-    "--backbone", help=f"Backbone: {', '.join(BACKBONES)} (mobilefacenet trains on a CPU; tiny is a small net for "
-    "tests and quick demos).")]
-CheckpointBackbone = Annotated[str | None, typer.Option(
-    "--backbone", help=f"Network of an external checkpoint file when its layout does not say: {', '.join(BACKBONES)} "
-    "(default: the one whose parameters fit; a run's config names its own).")]
 Checkpoint = Annotated[str, typer.Option(
     "--checkpoint", help="Which checkpoint of a run: auto (best.pt if there is one, else last.pt), best or last.")]
 EmbeddingSize = Annotated[int | None, typer.Option(
     "--embedding-size", min=2, help="Embedding dimension (train: of the new model, default 512; finetune: a check, "
     "fine-tuning keeps the parent's size).")]
-Loss = Annotated[str | None, typer.Option(
-    "--loss", "-l", help=f"Loss head: {', '.join(heads())} (train default arcface; finetune: the identity loss of "
-    "methods that have one, default the method's). Each loss is described in `lrfr train --help`.")]
 LossOpt = Annotated[list[str] | None, typer.Option(
     "--loss-opt", help="A loss option as KEY=VALUE (repeatable), e.g. --loss-opt m=0.4 or s=30; each loss's options "
     "and defaults are listed in `lrfr train --help`.")]
@@ -84,12 +73,8 @@ MaxSteps = Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop a
 Lr = Annotated[float | None, typer.Option(
     "--lr", help="Peak learning rate (default: train 0.1 for sgd, 1e-3 for adamw; finetune 0.01 for sgd, 1e-4 for "
     "adamw, as the parent is already trained).")]
-Optimizer = Annotated[str, typer.Option(
-    "--optimizer", help=f"Optimiser: {', '.join(OPTIMIZERS)} (weight decay is not applied to BN/PReLU/bias).")]
 Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum (AdamW beta1).")]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")]
-Schedule = Annotated[str, typer.Option(
-    "--schedule", help=f"LR decay after warm-up: {', '.join(SCHEDULES)} (step: x0.1 at 60% and 85%; poly: power 2).")]
 WarmupSteps = Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear LR warm-up steps.")]
 ClipGrad = Annotated[float | None, typer.Option("--clip-grad", min=0.0, help="Clip the gradient norm to this value.")]
 CheckpointEvery = Annotated[int, typer.Option(

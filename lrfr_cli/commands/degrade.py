@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from PIL import Image
 
-from ..data.degrade import METHODS, DegradeSpec, parse_sizes
+from ..data.degrade import DegradeSpec, parse_sizes
 from ..data.degrade_files import FORMATS, degrade_tree
+from ..data.filters import METHODS
 from ..data.images import list_images, parse_exts
 from ..errors import LrfrError
 from ..workspace import fingerprint_tree

@@ -10,10 +10,11 @@ import typer
 from rich.table import Table
 
 from .. import protocols
-from ..data.degrade import UP_METHOD_HELP
+from ..data.filters import UP_METHOD_HELP
 from ..embed.model import AUTO_HELP
 from ..engine import resolve_device, resolve_precision
 from ..errors import LrfrError
+from . import _model_options as mopt
 from . import _options as opt
 from ._common import handle_errors, state, workspace
 from ._deprecated import old_spelling, prefer, require
@@ -31,7 +32,7 @@ def _for(*option: str) -> str:
 def eval_cmd(
     dataset: Annotated[str | None, typer.Option("--dataset", help=f"Protocol (required): {', '.join(protocols.names())}.")] = None,
     model: str = typer.Option(..., "--model", "-m", help="runs/RUN (or RUN) from `lrfr train`/`finetune`, an external checkpoint file (.pt/.pth/.ckpt: insightface or AdaFace state dict), or an .onnx file (run by onnxruntime; its preprocessing from its metadata_props or --layout, --channel-order, --pixel-mean, --pixel-std)."),
-    backbone: opt.CheckpointBackbone = None,
+    backbone: mopt.CheckpointBackbone = None,
     checkpoint: opt.Checkpoint = "auto",
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default " + ", ".join(f"$LRFR_DATA/{p.data_dir or p.name}" for p in protocols.PROTOCOLS.values()) + "). --dataset bin: a .bin file, a folder of them or a,b.bin (one record each)."),
     sizes: str = typer.Option("8,12,16,20,112", "--sizes", "-s", help=f"{_for('sizes')} probe heights in pixels; the input size (112) means HR. E.g. 8,12,16,20 (Deep Siamese) or 7,14,28,56,112 (thesis)."),

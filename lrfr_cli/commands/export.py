@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import LrfrError
+from . import _model_options as mopt
 from . import _options as opt
 from ._artifact_job import ArtifactJob
 from ._common import handle_errors, state, workspace
@@ -23,7 +24,7 @@ def export_cmd(
     pixel_mean: opt.PixelMean = None,
     pixel_std: opt.PixelStd = None,
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the model here instead of exports/NAME/model.onnx (no manifest)."),
-    backbone: opt.CheckpointBackbone = None,
+    backbone: mopt.CheckpointBackbone = None,
     checkpoint: opt.Checkpoint = "auto",
     channel_order: opt.ChannelOrder = "auto",
     check_images: Path | None = typer.Option(None, "--check-images", help="Aligned faces to verify onnxruntime against PyTorch on (default $LRFR_DATA/celeba_subset/images)."),

@@ -15,6 +15,7 @@ import typer
 
 from ..finetune import METHODS, describe_methods
 from ..recipes.finetune import FinetuneArgs, finetune_run
+from . import _model_options as mopt
 from . import _options as opt
 from ._common import handle_errors, state, workspace
 from ._deprecated import old_spelling, prefer, require
@@ -36,7 +37,7 @@ def finetune(
     data: opt.Data = ...,  # type: ignore[assignment]
     data_root: opt.DataRoot = None,
     allow_outside_root: opt.AllowOutsideRoot = False,
-    backbone: opt.CheckpointBackbone = None,
+    backbone: mopt.CheckpointBackbone = None,
     checkpoint: opt.Checkpoint = "auto",
     channel_order: opt.ChannelOrder = "auto",
     layout: opt.OnnxLayout = None,
@@ -47,7 +48,7 @@ def finetune(
     p: Annotated[int, _o("--p", "--identities-per-batch", min=2, help="P: identities per batch (the batch is P × K faces, plus LR copies for octuplet, siamese and derivenet). Under torchrun spell it --identities-per-batch (torchrun takes --p for its --print-completion).")] = 16,
     k: Annotated[int, _o("--k", "--images-per-identity", min=2, help="K: images per identity in a batch; at least P identities need K images (hard positives come from them).")] = 4,
     lr_sizes: opt.LrSizes = None,
-    loss: opt.Loss = None,
+    loss: mopt.Loss = None,
     loss_opt: opt.LossOpt = None,
     triplet_margin: Annotated[float | None, _o("--triplet-margin", help="octuplet/siamese: the triplet margin on normalised embeddings (default 0.5).")] = None,
     id_weight: Annotated[float | None, _o("--id-weight", help="octuplet: weight of an added identity loss (--loss) on the HR and LR embeddings (default 0: octuplet only); distill: weight of its identity loss (default 1; 0 = pure feature distillation, no classifier).")] = None,
@@ -61,10 +62,10 @@ def finetune(
     max_steps: opt.MaxSteps = None,
     lr: opt.Lr = None,
     head_lr: Annotated[float | None, _o("--head-lr", help="Peak learning rate of the method's fresh head (default 10 × --lr: it starts from random).")] = None,
-    optimizer: opt.Optimizer = "sgd",
+    optimizer: mopt.Optimizer = "sgd",
     momentum: opt.Momentum = 0.9,
     weight_decay: opt.WeightDecay = 5e-4,
-    schedule: opt.Schedule = "cosine",
+    schedule: mopt.Schedule = "cosine",
     warmup_steps: opt.WarmupSteps = 0,
     device: opt.Device = "auto",
     precision: opt.Precision = "fp32",

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import LrfrError
 from ..workspace import Workspace, fingerprint_tree
+from . import _model_options as mopt
 from . import _options as opt
 from ._artifact_job import ArtifactJob
 from ._common import handle_errors, resolve_input, state, workspace
@@ -27,7 +28,7 @@ MEASURES = ("feature_norm", "laplacian_variance", "laplacian_mean_abs")
 def quality_cmd(
     src: Path = typer.Argument(..., help="Folder of faces (any tree), or a workspace artifact such as aligned/NAME or degraded/NAME/16px. Faces not at the input size are resized to it."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="runs/RUN or an external checkpoint: adds the feature norm (AdaFace's quality proxy). Without it only the Laplacian measures are computed."),
-    backbone: opt.CheckpointBackbone = None,
+    backbone: mopt.CheckpointBackbone = None,
     checkpoint: opt.Checkpoint = "auto",
     channel_order: opt.ChannelOrder = "auto",
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output name: quality/NAME/ (default: SRC's folder name)."),

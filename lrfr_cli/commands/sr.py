@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..data.degrade import METHODS, DegradeSpec
+from ..data.degrade import DegradeSpec
+from ..data.filters import METHODS
 from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError

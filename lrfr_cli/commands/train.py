@@ -17,6 +17,7 @@ from ..data.quality import QUALITY_HELP
 from ..losses import describe_losses
 from ..recipes import TASKS
 from ..recipes.classify import TrainArgs
+from . import _model_options as mopt
 from . import _options as opt
 from ._common import handle_errors, state, workspace
 from ._deprecated import old_spelling, prefer
@@ -39,22 +40,22 @@ def train(
     data: opt.Data,
     data_root: opt.DataRoot = None,
     allow_outside_root: opt.AllowOutsideRoot = False,
-    backbone: opt.Backbone = "ir50",
-    loss: opt.Loss = "arcface",
+    backbone: mopt.Backbone = "ir50",
+    loss: mopt.Loss = "arcface",
     loss_opt: opt.LossOpt = None,
     run_name: opt.RunName = None,
     epochs: opt.Epochs = None,
     max_steps: opt.MaxSteps = None,
     batch_size: Annotated[int, _o("--batch-size", min=1, help="GLOBAL batch size; under torchrun each of N processes takes batch/N.")] = 128,
-    sampler: opt.Sampler = "epoch",
+    sampler: mopt.Sampler = "epoch",
     images_per_identity: Annotated[int, _o("--images-per-identity", min=1, help="K of --sampler pk: images of each identity in a batch (batch/K identities per batch).")] = 4,
     lr: opt.Lr = None,
     head_lr_scale: Annotated[float, _o("--head-lr-scale", min=0.0, help="The head's learning rate is --lr times this (e.g. 10 for a fresh head on a pretrained backbone).")] = 1.0,
     freeze_backbone: opt.FreezeBackbone = False,
-    optimizer: opt.Optimizer = "sgd",
+    optimizer: mopt.Optimizer = "sgd",
     momentum: opt.Momentum = 0.9,
     weight_decay: opt.WeightDecay = 5e-4,
-    schedule: opt.Schedule = "cosine",
+    schedule: mopt.Schedule = "cosine",
     warmup_steps: opt.WarmupSteps = 0,
     margin: Annotated[float | None, _o("--margin", help="Margin m of the loss (same as --loss-opt m=VALUE; defaults below).")] = None,
     scale: Annotated[float | None, _o("--scale", help="Logit scale s of margin losses (same as --loss-opt s=VALUE; default 64).")] = None,

@@ -26,7 +26,8 @@ from typing import NamedTuple
 import torch
 
 from ..errors import LrfrError
-from .degrade import METHODS, DegradeSpec, degrade_batch
+from .degrade import DegradeSpec, degrade_batch
+from .filters import METHODS
 
 CRB_MODES = ("copies", "split")
 CRB_MODE_HELP = (
