@@ -14,7 +14,7 @@ It imports nothing but :mod:`lrfr_cli.errors`, so any layer may hold a registry.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -228,4 +228,12 @@ class Registry(Generic[T]):
         return lines
 
 
-__all__ = ["Entry", "Option", "Registry", "convert"]
+def check_choice(value: Any, choices: Iterable[Any], what: str) -> None:
+    """The one error for a value outside a fixed set that is not a registry (``--setting``,
+    ``--format``, ...): ``WHAT 'value': choose one of a, b``; ``what`` names the flag."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise LrfrError(f"{what} {value!r}: choose one of {', '.join(map(str, choices))}")
+
+
+__all__ = ["Entry", "Option", "Registry", "check_choice", "convert"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..data.tree import output_rel
 from ..errors import LrfrError
+from ..registry import check_choice
 from .warp import template_for, template_with_margin
 
 SELECTS = ("largest", "center", "all")
@@ -39,12 +40,9 @@ class AlignConfig:
 
     def validate(self) -> AlignConfig:
         template_with_margin(self.size, self.margin)  # raises for a bad size or margin
-        if self.select not in SELECTS:
-            raise LrfrError(f"--select {self.select!r}: choose one of {', '.join(SELECTS)}")
-        if self.fallback not in FALLBACKS:
-            raise LrfrError(f"--fallback {self.fallback!r}: choose one of {', '.join(FALLBACKS)}")
-        if self.fmt not in FORMATS:
-            raise LrfrError(f"--format {self.fmt!r}: choose one of {', '.join(FORMATS)}")
+        check_choice(self.select, SELECTS, "--select")
+        check_choice(self.fallback, FALLBACKS, "--fallback")
+        check_choice(self.fmt, FORMATS, "--format")
         if not 0.0 <= self.min_prob <= 1.0:
             raise LrfrError(f"--min-prob {self.min_prob}: expected a probability in [0, 1]")
         if self.min_face < 12:

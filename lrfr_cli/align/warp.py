@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import LrfrError
+from ..registry import check_choice
 
 # Left eye, right eye, nose tip, left mouth corner, right mouth corner (image coordinates, 112x112).
 ARCFACE_TEMPLATE = np.array(
@@ -117,10 +118,8 @@ def warp_face(
     lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     tpl, (w, h) = template_with_margin(size, margin)
     m = umeyama(lm, tpl)
-    if border not in BORDERS:
-        raise LrfrError(f"border {border!r}: choose one of {', '.join(BORDERS)}")
-    if interpolation not in INTERPOLATIONS:
-        raise LrfrError(f"interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+    check_choice(border, BORDERS, "border")
+    check_choice(interpolation, INTERPOLATIONS, "interpolation")
     out = cv2.warpAffine(img, m, (w, h), flags=INTERPOLATIONS[interpolation], borderMode=BORDERS[border])
     return out, m
 

@@ -30,6 +30,7 @@ from ..progress import null_progress
 from ..protocols import EvalOptions, EvalProtocol, Plan
 from ..protocols.quality import face_quality
 from ..protocols.quality import write_csv as write_quality_csv
+from ..registry import check_choice
 from ..results import EvalRecord, ResultsError
 from ..workspace import Workspace, git_commit, package_versions
 
@@ -43,12 +44,9 @@ ALIGNS = ("mtcnn", "center-crop", "none", "landmarks", "seed-landmarks")
 
 def check_choices(method: str, up_method: str, align: str) -> None:
     """The options with a fixed set of values, each with the one-line error that lists them."""
-    if method not in METHODS:
-        raise LrfrError(f"--down-method {method!r}: choose one of {', '.join(METHODS)}")
-    if up_method not in UP_METHODS:
-        raise LrfrError(f"--up-method {up_method!r}: choose one of {', '.join(UP_METHODS)}")
-    if align not in ALIGNS:
-        raise LrfrError(f"--align {align!r}: choose one of {', '.join(ALIGNS)}")
+    check_choice(method, METHODS, "--down-method")
+    check_choice(up_method, UP_METHODS, "--up-method")
+    check_choice(align, ALIGNS, "--align")
 
 
 def eval_options(proto: EvalProtocol, args: Mapping[str, Any]) -> EvalOptions:

@@ -13,6 +13,7 @@ from ..data.degrade_files import FORMATS, degrade_tree
 from ..data.filters import METHODS
 from ..data.images import list_images, parse_exts
 from ..errors import LrfrError
+from ..registry import check_choice
 from ..workspace import fingerprint_tree
 from . import _options as opt
 from ._artifact_job import ArtifactJob, failure_lines, failure_rows, write_failures_csv
@@ -45,10 +46,8 @@ def degrade(
                     why="-m is --model in the other commands")
     st = state()
     ws = workspace()
-    if method not in METHODS:
-        raise LrfrError(f"--down-method {method!r}: choose one of {', '.join(METHODS)}")
-    if fmt not in FORMATS:
-        raise LrfrError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    check_choice(method, METHODS, "--down-method")
+    check_choice(fmt, FORMATS, "--format")
     size_list = parse_sizes(sizes)
     specs = [DegradeSpec(size=s, method=method, blur=blur, noise=noise, jpeg=jpeg, upsample=upsample) for s in size_list]
     src = resolve_input(src, ws.root)

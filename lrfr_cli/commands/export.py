@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from . import _model_options as mopt
 from . import _options as opt
 from ._artifact_job import ArtifactJob
@@ -49,8 +50,7 @@ def export_cmd(
     from ..workspace import atomic_write_bytes
 
     layout = layout.strip().lower()
-    if layout not in LAYOUTS:
-        raise LrfrError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    check_choice(layout, LAYOUTS, "--layout")
     loaded = resolve_model(model, ws.root, backbone=backbone, checkpoint=checkpoint, channel_order=channel_order,
                            pixel_mean=pixel_mean, pixel_std=pixel_std)
     faces = None

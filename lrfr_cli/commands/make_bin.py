@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from . import _options as opt
 from ._common import handle_errors, state, workspace
 from ._deprecated import old_spelling, prefer, require
@@ -82,8 +83,7 @@ def make_bin(
 
     st = state()
     encoding = encoding.strip().lower()
-    if encoding not in ENCODINGS:
-        raise LrfrError(f"--encode {encoding!r}: choose one of {', '.join(ENCODINGS)}")
+    check_choice(encoding, ENCODINGS, "--encode")
     ws_root = workspace().root
     if not root.exists() and not root.is_absolute() and (ws_root / root).is_dir():
         root = ws_root / root  # a workspace artifact such as aligned/NAME

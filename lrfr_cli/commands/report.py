@@ -11,6 +11,7 @@ import typer
 
 from ..errors import LrfrError
 from ..progress import null_progress
+from ..registry import check_choice
 from ..results import METRIC_HELP
 from ..ui import State
 from ._common import handle_errors, state, workspace
@@ -77,8 +78,7 @@ def report_cmd(
 
     st = state()
     fmt = "json" if st.json else fmt.strip().lower()
-    if fmt not in FORMATS:
-        raise LrfrError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    check_choice(fmt, FORMATS, "--format")
     if max_drop and baseline is None:
         raise LrfrError("--max-drop needs --baseline OTHER.json")
     if save and (not name or "/" in name or name in (".", "..") or name.startswith(".")):

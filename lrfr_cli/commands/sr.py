@@ -13,6 +13,7 @@ from ..data.filters import METHODS
 from ..data.images import list_images, parse_exts
 from ..engine import resolve_device
 from ..errors import LrfrError
+from ..registry import check_choice
 from ..workspace import fingerprint_tree
 from . import _options as opt
 from ._artifact_job import ArtifactJob, failure_lines
@@ -49,8 +50,7 @@ def sr_cmd(
 
     st = state()
     ws = workspace()
-    if method not in METHODS:
-        raise LrfrError(f"--down-method {method!r}: choose one of {', '.join(METHODS)}")
+    check_choice(method, METHODS, "--down-method")
     src = resolve_input(src, ws.root)
     srm = load_sr_run(model, ws.root, flag="--model")
     name = out or src.name

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from .degrade import DegradeSpec, degrade_batch
 from .filters import METHODS
 
@@ -54,12 +55,10 @@ def check_crb_options(sizes: Sequence[int], mode: str, lr_prob: float, height: i
 
     ``height`` (the input height) is optional so a command can validate before any image exists.
     """
-    if mode not in CRB_MODES:
-        raise LrfrError(f"unknown --crb-mode {mode!r}: choose one of {', '.join(CRB_MODES)}")
+    check_choice(mode, CRB_MODES, "unknown --crb-mode")
     if isinstance(lr_prob, bool) or not isinstance(lr_prob, (int, float)) or not 0.0 <= float(lr_prob) <= 1.0:
         raise LrfrError(f"--lr-prob {lr_prob!r}: must be a share between 0 and 1")
-    if method not in METHODS:
-        raise LrfrError(f"unknown down-sampling method {method!r}: choose one of {', '.join(METHODS)}")
+    check_choice(method, METHODS, "unknown down-sampling method")
     if isinstance(sizes, (str, bytes)) or not len(sizes):
         raise LrfrError(f"--lr-sizes {sizes!r}: give one or more sizes in pixels, e.g. 8,12,16")
     out = []

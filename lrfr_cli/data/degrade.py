@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from .filters import METHODS, UP_METHODS
 
 
@@ -55,16 +56,14 @@ class DegradeSpec:
     def __post_init__(self) -> None:
         if self.size <= 0:
             raise LrfrError(f"size {self.size}: must be a positive number of pixels")
-        if self.method not in METHODS:
-            raise LrfrError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        check_choice(self.method, METHODS, "unknown method")
         if self.blur < 0:
             raise LrfrError(f"--blur {self.blur}: sigma must be >= 0")
         if self.noise < 0:
             raise LrfrError(f"--noise {self.noise}: std must be >= 0")
         if self.jpeg is not None and not 1 <= self.jpeg <= 100:
             raise LrfrError(f"--jpeg {self.jpeg}: quality must be in 1..100")
-        if self.up_method not in UP_METHODS:
-            raise LrfrError(f"--up-method {self.up_method!r}: choose one of {', '.join(UP_METHODS)}")
+        check_choice(self.up_method, UP_METHODS, "--up-method")
 
     @property
     def antialias(self) -> bool:

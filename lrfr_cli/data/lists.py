@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from .images import IMAGE_EXTS, walk_files
 
 VAL_MODES = ("images", "identities")
@@ -76,8 +77,7 @@ def build_list(
         raise LrfrError(f"--min-images {min_images}: must be >= 1")
     if not 0.0 <= val_fraction < 1.0:
         raise LrfrError(f"--val-fraction {val_fraction}: must be in [0, 1)")
-    if val_mode not in VAL_MODES:
-        raise LrfrError(f"--val-mode {val_mode!r}: choose one of {', '.join(VAL_MODES)}")
+    check_choice(val_mode, VAL_MODES, "--val-mode")
     exclude = set(exclude)
     identities = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     # One walk of the whole tree: the loop guard then knows ROOT itself (a link inside an identity

@@ -22,6 +22,7 @@ from torch import nn
 from ..engine import load_checkpoint
 from ..errors import LrfrError
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
+from ..registry import check_choice
 from ..workspace import fingerprint_file
 from . import convert_adaface
 from .loaded import LoadedModel
@@ -85,12 +86,9 @@ def resolve_model(
     input where its metadata does not; they are refused for other models, whose input is fixed.
     ``backend="onnxruntime"`` runs an ONNX file as it is, and a run or checkpoint exported to ONNX
     first (cached under ``onnx_cache``, keyed by the checkpoint's sha1)."""
-    if backend not in BACKENDS:
-        raise LrfrError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if checkpoint not in CHECKPOINT_CHOICES:
-        raise LrfrError(f"--checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINT_CHOICES)}")
-    if channel_order not in CHANNEL_ORDERS:
-        raise LrfrError(f"--channel-order {channel_order!r}: choose one of {', '.join(CHANNEL_ORDERS)}")
+    check_choice(backend, BACKENDS, "--backend")
+    check_choice(checkpoint, CHECKPOINT_CHOICES, "--checkpoint")
+    check_choice(channel_order, CHANNEL_ORDERS, "--channel-order")
     p = Path(spec).expanduser()
     if p.suffix.lower() == ".onnx":
         if backbone:

@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import LrfrError
+from ..registry import check_choice
 
 OPSET = 17
 LAYOUTS = ("nchw", "nhwc")
@@ -100,8 +101,7 @@ def to_onnx_bytes(loaded: Exportable, opset: int = OPSET, layout: str = "nchw") 
 
     The module is left in eval mode (the exporter would otherwise restore the train mode of the
     fresh wrapper onto it, and a later forward would use batch statistics)."""
-    if layout not in LAYOUTS:
-        raise LrfrError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    check_choice(layout, LAYOUTS, "--layout")
     if not isinstance(loaded.module, nn.Module) or getattr(loaded.module, "takes_uint8", False):
         raise LrfrError("internal: to_onnx_bytes needs a torch module")
     module = loaded.module.float().to("cpu").eval()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from .base import EvalOptions, Plan, probe_variants
 from .lfw import SETTINGS, LfwProtocol
 
@@ -152,8 +153,7 @@ class BinProtocol(LfwProtocol):
     def check(self, opts: EvalOptions) -> None:
         from ..data.binfile import check_channels
 
-        if opts.setting not in SETTINGS:
-            raise LrfrError(f"--setting {opts.setting!r}: choose one of {', '.join(SETTINGS)}")
+        check_choice(opts.setting, SETTINGS, "--setting")
         check_channels(opts.bin_channels)
 
     def data_items(self, root: Path) -> list[Path]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, probe_variants, tar_rows
 
 if TYPE_CHECKING:  # numpy loads with plan_ijb, not with the registry (lrfr report needs neither)
@@ -262,8 +263,7 @@ def plan_ijb(root: Path, prefix: str, *, setting: str, sizes: list[int], input_s
     from .. import metrics as M
     from ..embed import Variant
 
-    if setting not in SETTINGS:
-        raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
+    check_choice(setting, SETTINGS, "--setting")
     too_big = [s for s in sizes if s > input_size]
     if too_big:
         raise LrfrError(f"--sizes: {too_big[0]} px is larger than the {input_size} px network input ({input_size} = HR)")
@@ -359,8 +359,7 @@ class IjbProtocol(EvalProtocol):
         self.metric_help = f"{prefix}/SETTING@SIZE:tar@far=0.0001 (1e-06 ... 0.1), {prefix}/SETTING@SIZE:auc"
 
     def check(self, opts: EvalOptions) -> None:
-        if opts.setting not in SETTINGS:
-            raise LrfrError(f"--setting {opts.setting!r}: choose one of {', '.join(SETTINGS)}")
+        check_choice(opts.setting, SETTINGS, "--setting")
 
     def plan(self, root: Path, opts: EvalOptions) -> Plan:
         return plan_ijb(root, self.name, setting=opts.setting, sizes=opts.sizes, input_size=opts.input_size, method=opts.method,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LrfrError
+from ..registry import check_choice
 from .base import EvalOptions, EvalProtocol, MetricRow, Plan, pct, probe_variants, tar_rows
 
 if TYPE_CHECKING:  # numpy and torch load with plan_lfw, not with the registry (lrfr report needs neither)
@@ -184,8 +185,7 @@ def plan_lfw(
     from ..embed import Variant
     from . import quality as Q
 
-    if setting not in SETTINGS:
-        raise LrfrError(f"--setting {setting!r}: choose one of {', '.join(SETTINGS)}")
+    check_choice(setting, SETTINGS, "--setting")
     too_big = [s for s in sizes if s > input_size]
     if too_big:
         raise LrfrError(f"--sizes: {too_big[0]} px is larger than the {input_size} px network input ({input_size} = HR)")
@@ -375,8 +375,7 @@ class LfwProtocol(EvalProtocol):
                    "lfw/SETTING@SIZE:auc, lfw/SETTING@SIZE:tar@far=0.001")
 
     def check(self, opts: EvalOptions) -> None:
-        if opts.setting not in SETTINGS:
-            raise LrfrError(f"--setting {opts.setting!r}: choose one of {', '.join(SETTINGS)}")
+        check_choice(opts.setting, SETTINGS, "--setting")
 
     def plan(self, root: Path, opts: EvalOptions) -> Plan:
         if not root.is_dir():

@@ -24,6 +24,7 @@ from ..errors import LrfrError
 from ..losses.recipe import resolve_loss
 from ..models import BACKBONES, INPUT_SIZE, build_backbone
 from ..protocols.lfw import validation_pairs
+from ..registry import check_choice
 from ..workspace import fingerprint_file
 from .common import RunArgs, RunSummary, best_metric, loop_config
 
@@ -183,8 +184,7 @@ def validation_options(ts: TrainingSet, a: TrainArgs) -> tuple[dict[str, Any], l
     if not names and (a.val_sizes or a.val_every or a.val_metric != "val_acc"):
         raise LrfrError("--val-sizes, --val-every and --val-metric need --val-pairs or --val-bin")
     known = metric_names(names, sizes) if (packs or sizes) else ["val_acc"]
-    if a.val_metric not in known:
-        raise LrfrError(f"--val-metric {a.val_metric!r}: choose one of {', '.join(known)}")
+    check_choice(a.val_metric, known, "--val-metric")
     cfg: dict[str, Any] = {}
     if files:
         cfg.update(bins=[str(f) for f in files], channels=a.val_bin_channels.lower())
