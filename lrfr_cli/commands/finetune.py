@@ -9,7 +9,7 @@ distillation, Siamese, CRB).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -26,14 +26,10 @@ def methods_epilog() -> str:
     return "Methods (--method NAME; other options with --method-opt KEY=VALUE):\n\n" + "\n\n".join(f"  {line}" for line in describe_methods())
 
 
-def _o(*decls: str, **kw: Any) -> Any:
-    return typer.Option(*decls, **kw)
-
-
 @handle_errors
 def finetune(
-    method: Annotated[str | None, _o("--method", help=f"Fine-tuning method (required): {', '.join(METHODS)} (each is described below the options).")] = None,
-    from_: Annotated[str, _o("--from", help="The model to start from: runs/RUN (a complete run of this workspace), a .pt/.pth checkpoint that `lrfr eval --model` loads (insightface, face.evoLVe; add --backbone if it is ambiguous), or an .onnx file (converted to a trainable torch module; --layout, --channel-order, --pixel-mean, --pixel-std where its metadata does not say).")] = ...,  # type: ignore[assignment]
+    method: Annotated[str | None, typer.Option("--method", help=f"Fine-tuning method (required): {', '.join(METHODS)} (each is described below the options).")] = None,
+    from_: Annotated[str, typer.Option("--from", help="The model to start from: runs/RUN (a complete run of this workspace), a .pt/.pth checkpoint that `lrfr eval --model` loads (insightface, face.evoLVe; add --backbone if it is ambiguous), or an .onnx file (converted to a trainable torch module; --layout, --channel-order, --pixel-mean, --pixel-std where its metadata does not say).")] = ...,  # type: ignore[assignment]
     data: opt.Data = ...,  # type: ignore[assignment]
     data_root: opt.DataRoot = None,
     allow_outside_root: opt.AllowOutsideRoot = False,
@@ -45,23 +41,23 @@ def finetune(
     pixel_std: opt.PixelStd = None,
     embedding_size: opt.EmbeddingSize = None,
     run_name: opt.RunName = None,
-    p: Annotated[int, _o("--p", "--identities-per-batch", min=2, help="P: identities per batch (the batch is P × K faces, plus LR copies for octuplet, siamese and derivenet). Under torchrun spell it --identities-per-batch (torchrun takes --p for its --print-completion).")] = 16,
-    k: Annotated[int, _o("--k", "--images-per-identity", min=2, help="K: images per identity in a batch; at least P identities need K images (hard positives come from them).")] = 4,
+    p: Annotated[int, typer.Option("--p", "--identities-per-batch", min=2, help="P: identities per batch (the batch is P × K faces, plus LR copies for octuplet, siamese and derivenet). Under torchrun spell it --identities-per-batch (torchrun takes --p for its --print-completion).")] = 16,
+    k: Annotated[int, typer.Option("--k", "--images-per-identity", min=2, help="K: images per identity in a batch; at least P identities need K images (hard positives come from them).")] = 4,
     lr_sizes: opt.LrSizes = None,
     loss: mopt.Loss = None,
     loss_opt: opt.LossOpt = None,
-    triplet_margin: Annotated[float | None, _o("--triplet-margin", help="octuplet/siamese: the triplet margin on normalised embeddings (default 0.5).")] = None,
-    id_weight: Annotated[float | None, _o("--id-weight", help="octuplet: weight of an added identity loss (--loss) on the HR and LR embeddings (default 0: octuplet only); distill: weight of its identity loss (default 1; 0 = pure feature distillation, no classifier).")] = None,
-    p_down: Annotated[float | None, _o("--p-down", help="distill: probability that the student sees a face at low resolution (0..1, default 0.1).")] = None,
-    p_down_end: Annotated[float | None, _o("--p-down-end", help="distill: curriculum, --p-down rises linearly to this value over the run (0..1; default: no curriculum).")] = None,
-    lam: Annotated[float | None, _o("--lambda", help="distill: weight of the feature distance to the teacher (default 0.1); derivenet: weight of the ReCent loss (default 1e-3).")] = None,
-    feature_loss: Annotated[str | None, _o("--feature-loss", help="distill: distance between student(LR) and teacher(HR) features, mse or cosine (default mse).")] = None,
-    method_opt: Annotated[list[str] | None, _o("--method-opt", help="Any option of the method as KEY=VALUE (repeatable); the options of each method and their defaults are listed below.")] = None,
+    triplet_margin: Annotated[float | None, typer.Option("--triplet-margin", help="octuplet/siamese: the triplet margin on normalised embeddings (default 0.5).")] = None,
+    id_weight: Annotated[float | None, typer.Option("--id-weight", help="octuplet: weight of an added identity loss (--loss) on the HR and LR embeddings (default 0: octuplet only); distill: weight of its identity loss (default 1; 0 = pure feature distillation, no classifier).")] = None,
+    p_down: Annotated[float | None, typer.Option("--p-down", help="distill: probability that the student sees a face at low resolution (0..1, default 0.1).")] = None,
+    p_down_end: Annotated[float | None, typer.Option("--p-down-end", help="distill: curriculum, --p-down rises linearly to this value over the run (0..1; default: no curriculum).")] = None,
+    lam: Annotated[float | None, typer.Option("--lambda", help="distill: weight of the feature distance to the teacher (default 0.1); derivenet: weight of the ReCent loss (default 1e-3).")] = None,
+    feature_loss: Annotated[str | None, typer.Option("--feature-loss", help="distill: distance between student(LR) and teacher(HR) features, mse or cosine (default mse).")] = None,
+    method_opt: Annotated[list[str] | None, typer.Option("--method-opt", help="Any option of the method as KEY=VALUE (repeatable); the options of each method and their defaults are listed below.")] = None,
     freeze_backbone: opt.FreezeBackbone = False,
     epochs: opt.Epochs = None,
     max_steps: opt.MaxSteps = None,
     lr: opt.Lr = None,
-    head_lr: Annotated[float | None, _o("--head-lr", help="Peak learning rate of the method's fresh head (default 10 × --lr: it starts from random).")] = None,
+    head_lr: Annotated[float | None, typer.Option("--head-lr", help="Peak learning rate of the method's fresh head (default 10 × --lr: it starts from random).")] = None,
     optimizer: mopt.Optimizer = "sgd",
     momentum: opt.Momentum = 0.9,
     weight_decay: opt.WeightDecay = 5e-4,
