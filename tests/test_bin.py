@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 from lrfr_cli.data.binfile import BinFormatError, read_bin
 from lrfr_cli.embed import extract
 
+from fake_runs import tiny_run
 from synthetic import make_identity_faces
 
 FAST = ["--backbone", "tiny", "--loss", "softmax", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--threads", "1"]
@@ -40,17 +41,6 @@ def pixel_embedding(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def fake_net(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(extract, "forward", lambda model, x, precision: pixel_embedding(x))
-
-
-def make_run(ws: Path, name: str = "tiny") -> None:
-    from lrfr_cli.models import build_backbone
-
-    run = ws / "runs" / name
-    (run / "checkpoints").mkdir(parents=True)
-    cfg = {"backbone": "tiny", "embedding_size": 64, "input_size": 112}
-    torch.manual_seed(0)
-    torch.save({"model": build_backbone("tiny", 64).state_dict(), "config": cfg}, run / "checkpoints" / "last.pt")
-    (run / "config.json").write_text(json.dumps(cfg))
 
 
 def jpeg(img: np.ndarray, quality: int = 95) -> bytes:
@@ -191,7 +181,7 @@ def test_malicious_pack_runs_nothing(cli, ws, tmp_path, how):
     with pytest.raises(BinFormatError, match="refused: the pickle asks for"):
         read_bin(evil)
     assert not made.exists()
-    make_run(ws)
+    tiny_run(ws, embedding_size=64, seed=0)
     for args in (["eval", "--dataset", "bin", "-m", "tiny", "--data", evil, "--workers", "0"],
                  ["train", "--data", make_identity_faces(tmp_path / "faces", 2, 2), *FAST, "--max-steps", "1", "--val-bin", evil]):
         r = cli(ws, *args)
@@ -215,7 +205,7 @@ def test_malicious_pack_runs_nothing(cli, ws, tmp_path, how):
 # --------------------------------------------------------------------------- eval
 def test_eval_scores_equal_a_hand_written_10_fold(cli, ws, lfw_pack, fake_net):
     path, bins, issame = lfw_pack
-    make_run(ws)
+    tiny_run(ws, embedding_size=64, seed=0)
     r = cli(ws, "eval", "--dataset", "bin", "-m", "tiny", "--data", path, "--sizes", "16,112", "--flip", "--workers", "0", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     d = r.json()
@@ -254,7 +244,7 @@ def test_several_packs_one_record_each_and_report(cli, ws, lfw_pack, tmp_path, f
     other = tmp_path / "cfp_fp.bin"
     with open(other, "wb") as fh:  # another pack: the pairs reversed, labels as a numpy bool array
         pickle.dump((bins[::-1], np.array(issame[::-1])), fh, protocol=2)
-    make_run(ws)
+    tiny_run(ws, embedding_size=64, seed=0)
     r = cli(ws, "eval", "--dataset", "bin", "-m", "tiny", "--data", f"{path},{other}", "--sizes", "16", "--workers", "0", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     recs = r.json()["records"]

@@ -18,29 +18,12 @@ from torch import nn
 
 from lrfr_cli.models import build_backbone
 
+from fake_runs import randomise_weights, tiny_run
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 TOL = 1e-4  # the issue's bar: max |diff| of L2-normalised embeddings
-
-
-def _randomise(m: nn.Module, seed: int = 0) -> None:
-    """He-scaled random weights, BN gains near 1 and small biases: the embeddings of different
-    faces then differ (cosine ~0.5), as a trained net's do. Fresh BN statistics would not be
-    tested by the export, and large random biases would collapse every face onto one vector."""
-    g = torch.Generator().manual_seed(seed)
-    for name, t in m.state_dict().items():
-        if t.dtype.is_floating_point:
-            if name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif name.endswith("running_mean"):
-                t.copy_(0.01 * torch.randn(t.shape, generator=g))
-            elif name.endswith("weight") and t.ndim > 1:
-                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
-            elif name.endswith("weight"):
-                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
-            else:
-                t.copy_(0.01 * torch.randn(t.shape, generator=g))
 
 
 def _faces(data_dir: Path, n: int = 7) -> np.ndarray:
@@ -73,19 +56,8 @@ def _onnx(path: Path, faces: np.ndarray, batch: int) -> tuple[np.ndarray, dict[s
     return out / np.linalg.norm(out, axis=1, keepdims=True), meta
 
 
-def _make_run(ws: Path, name: str = "tinyrun") -> nn.Module:
-    net = build_backbone("tiny")
-    _randomise(net)
-    run = ws / "runs" / name
-    (run / "checkpoints").mkdir(parents=True)
-    cfg = {"backbone": "tiny", "embedding_size": 512, "input_size": 112, "loss": "softmax"}
-    torch.save({"model": net.state_dict(), "config": cfg}, run / "checkpoints" / "last.pt")
-    (run / "config.json").write_text(json.dumps(cfg))
-    return net
-
-
 def test_export_of_our_run_matches_pytorch(cli, ws, data_dir) -> None:
-    net = _make_run(ws)
+    net = tiny_run(ws, "tinyrun", randomise=True, loss="softmax")
     r = cli(ws, "export", "--model", "runs/tinyrun", "--check-count", "6", "--json")
     assert r.exit_code == 0, r.stderr
     out = r.json()
@@ -113,7 +85,7 @@ def test_export_of_our_run_matches_pytorch(cli, ws, data_dir) -> None:
 def test_export_of_an_external_insightface_checkpoint(cli, ws, data_dir, tmp_path) -> None:
     """A bare insightface-layout IResNet-18 state dict (random weights), written to --out."""
     net = build_backbone("ir18")
-    _randomise(net, seed=1)
+    randomise_weights(net, seed=1)
     ckpt = tmp_path / "ms1mv3_r18_backbone.pth"
     torch.save(net.state_dict(), ckpt)
     out = tmp_path / "deploy" / "r18.onnx"
@@ -128,7 +100,7 @@ def test_export_of_an_external_insightface_checkpoint(cli, ws, data_dir, tmp_pat
 
 
 def test_bgr_channel_order_is_recorded_and_applied(cli, ws, data_dir, tmp_path) -> None:
-    net = _make_run(ws)
+    net = tiny_run(ws, "tinyrun", randomise=True, loss="softmax")
     out = tmp_path / "bgr.onnx"
     r = cli(ws, "export", "-m", "tinyrun", "--channel-order", "bgr", "-o", out, "--check-count", "4")
     assert r.exit_code == 0, r.stderr
@@ -140,7 +112,7 @@ def test_bgr_channel_order_is_recorded_and_applied(cli, ws, data_dir, tmp_path) 
 
 
 def test_export_bad_inputs(cli, ws, data_dir, tmp_path, monkeypatch) -> None:
-    _make_run(ws)
+    tiny_run(ws, "tinyrun", randomise=True, loss="softmax")
     empty = tmp_path / "empty"
     empty.mkdir()
     for args, msg in ((["--format", "tflite"], "--format"), (["--check-images", empty], "no images"),

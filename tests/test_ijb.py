@@ -8,7 +8,6 @@ embeddings the eval cached; alignment against a warp made with OpenCV from a lea
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import torch.nn.functional as F
 from lrfr_cli.data.images import load_rgb
 from lrfr_cli.data.sources import LFW_DEEPFUNNELED_LANDMARKS
 from lrfr_cli.embed import extract
-from lrfr_cli.models import build_backbone
 from lrfr_cli.protocols import ijb
+
+from fake_runs import tiny_run
 
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]])
 
@@ -35,14 +35,6 @@ def pixel_embedding(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def fake_net(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(extract, "forward", lambda model, x, precision: pixel_embedding(x))
-
-
-def _make_run(ws: Path, name: str = "tiny") -> None:
-    run = ws / "runs" / name
-    (run / "checkpoints").mkdir(parents=True)
-    cfg = {"backbone": "tiny", "embedding_size": 512, "input_size": 112}
-    torch.save({"model": build_backbone("tiny").state_dict(), "config": cfg}, run / "checkpoints" / "last.pt")
-    (run / "config.json").write_text(json.dumps(cfg))
 
 
 def build_standin(lfw: Path, out: Path, prefix: str = "ijbc", n_people: int = 8, seed: int = 0) -> Path:
@@ -113,7 +105,7 @@ def _raw(cache_dir: Path, variant: str, flip: bool) -> dict[str, np.ndarray]:
 
 def test_ijb_standin_matches_brute_force(cli, ws, data_dir, tmp_path, fake_net) -> None:
     root = build_standin(data_dir / "lfw", tmp_path)
-    _make_run(ws)
+    tiny_run(ws)
     r = cli(ws, "eval", "--dataset", "ijbc", "--model", "tiny", "--data", str(tmp_path), "--sizes", "12,112",
             "--workers", "0", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
@@ -188,7 +180,7 @@ def test_ijb_crops_align_like_an_opencv_warp(data_dir, tmp_path) -> None:
 
 def test_ijb_bad_layouts_are_one_line_errors(cli, ws, data_dir, tmp_path) -> None:
     root = build_standin(data_dir / "lfw", tmp_path, n_people=2)
-    _make_run(ws)
+    tiny_run(ws)
     args = ["eval", "--dataset", "ijbc", "--model", "tiny", "--data", str(tmp_path), "--sizes", "112", "--workers", "0"]
     f = root / "meta" / "ijbc_template_pair_label.txt"
     good = f.read_text()

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from lrfr_cli.models import build_backbone  # noqa: E402
+from fake_runs import tiny_run  # noqa: E402
 
 RAW_RGB = ["--channel-order", "rgb", "--pixel-mean", "0", "--pixel-std", "1"]
 
@@ -109,32 +108,6 @@ def test_eval_shared_mobileface_equals_plain_onnxruntime_scored_by_hand(cli, tmp
 
 
 # --------------------------------------------------------------------------- round trip
-def _randomise(m: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for name, t in m.state_dict().items():
-        if t.dtype.is_floating_point:
-            if name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif name.endswith("running_mean"):
-                t.copy_(0.01 * torch.randn(t.shape, generator=g))
-            elif name.endswith("weight") and t.ndim > 1:
-                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
-            elif name.endswith("weight"):
-                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
-            else:
-                t.copy_(0.01 * torch.randn(t.shape, generator=g))
-
-
-def _tiny_run(ws: Path, emb: int = 96) -> None:
-    net = build_backbone("tiny", emb)
-    _randomise(net)
-    run = ws / "runs" / "tiny"
-    (run / "checkpoints").mkdir(parents=True)
-    cfg = {"backbone": "tiny", "embedding_size": emb, "input_size": 112, "loss": "softmax"}
-    torch.save({"model": net.state_dict(), "config": cfg}, run / "checkpoints" / "last.pt")
-    (run / "config.json").write_text(json.dumps(cfg))
-
-
 def _mini_pairs(data_dir: Path, tmp: Path, n: int = 12) -> Path:
     lines = (data_dir / "lfw" / "pairsDevTest.txt").read_text().splitlines()[1:]
     f = tmp / "mini.txt"
@@ -145,7 +118,7 @@ def _mini_pairs(data_dir: Path, tmp: Path, n: int = 12) -> Path:
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_export_then_eval_onnx_equals_eval_of_the_run(cli, tmp_path, data_dir, layout):
     ws = tmp_path / "ws"
-    _tiny_run(ws)
+    tiny_run(ws, embedding_size=96, randomise=True, loss="softmax")
     out = tmp_path / f"tiny_{layout}.onnx"
     r = cli(ws, "export", "-m", "runs/tiny", "--layout", layout, "-o", out, "--check-count", "3")
     assert r.exit_code == 0, r.stdout + r.stderr
@@ -244,7 +217,7 @@ def test_bad_onnx_files_one_line_exit_2_nothing_written(cli, tmp_path, data_dir)
 
 def test_eval_backend_onnxruntime_of_a_run_exports_once_and_equals_torch(cli, tmp_path, data_dir):
     ws = tmp_path / "ws"
-    _tiny_run(ws, emb=64)
+    tiny_run(ws, embedding_size=64, randomise=True, loss="softmax")
     pairs = _mini_pairs(data_dir, tmp_path, 8)
     common = ["--dataset", "lfw", "-m", "runs/tiny", "--data", data_dir / "lfw", "--pairs", pairs, "--align", "center-crop",
               "--sizes", "12,112", "--workers", "0", "--json"]
