@@ -18,6 +18,7 @@ from ..data.crb import check_crb_options
 from ..data.datasets import TrainingSet, resolve_training_data
 from ..data.degrade import parse_sizes
 from ..data.samplers import SAMPLERS
+from ..engine.loop import LoopConfig
 from ..engine.runner import TrainingRun, pair_validation
 from ..engine.tasks import ClassifierTask, Task
 from ..errors import LrfrError
@@ -69,6 +70,11 @@ class TrainArgs(RunArgs):
     sr_val_images: int
     sr_patch: int
 
+    def loop_config(self, precision: str) -> LoopConfig:
+        """The loop of every ``--task``: the global batch, the sampler, 20 epochs by default."""
+        return loop_config(self, precision=precision, global_batch=self.batch_size, default_epochs=20, default_lr=DEFAULT_LR,
+                           sampler=self.sampler, images_per_identity=self.images_per_identity, compile=self.compile_)
+
     def check_choices(self) -> None:
         """Every NAME option of ``lrfr train``, canonical, before any work (one error each)."""
         self.backbone, self.sampler = BACKBONES.key(self.backbone), SAMPLERS.key(self.sampler)
@@ -92,8 +98,7 @@ def classify_run(a: TrainArgs, ws_root: Path, device: torch.device, precision: s
     pairs = validation_pairs(a.val_pairs, a.val_root) if a.val_pairs else None
     validation_cfg, val_files, packs = validation_options(ts, a)
     loss.check(embedding_size, ts.num_classes)
-    cfg = loop_config(a, precision=precision, global_batch=a.batch_size, default_epochs=20, default_lr=DEFAULT_LR,
-                      sampler=a.sampler, images_per_identity=a.images_per_identity, compile=a.compile_)
+    cfg = a.loop_config(precision)
     task_opts = {"freeze_backbone": a.freeze_backbone, "head_lr_scale": a.head_lr_scale}
     config: dict[str, Any] = {
         "backbone": a.backbone, "embedding_size": embedding_size, "input_size": INPUT_SIZE,

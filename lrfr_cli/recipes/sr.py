@@ -10,8 +10,8 @@ import torch
 from ..data.datasets import resolve_training_data
 from ..engine.runner import RunOutcome, TrainingRun
 from ..sr.recipe import SROptions, sr_training_run
-from .classify import DEFAULT_LR, TrainArgs, lr_sizes
-from .common import RunSummary, loop_config
+from .classify import TrainArgs, lr_sizes
+from .common import RunSummary
 
 
 def sr_validation_text(out: RunOutcome) -> str:
@@ -26,8 +26,7 @@ def sr_validation_text(out: RunOutcome) -> str:
 
 
 def sr_run(a: TrainArgs, ws_root: Path, device: torch.device, precision: str) -> tuple[TrainingRun, RunSummary]:
-    cfg = loop_config(a, precision=precision, global_batch=a.batch_size, default_epochs=20, default_lr=DEFAULT_LR,
-                      sampler=a.sampler, images_per_identity=a.images_per_identity, compile=a.compile_)
+    cfg = a.loop_config(precision)
     opts = SROptions(a.arch, tuple(lr_sizes(a.lr_sizes)), a.sr_loss.lower(), a.perceptual, a.perceptual_weight,
                      a.adversarial, a.disc_lr_scale, a.sr_val_images, a.sr_patch)
     ts = resolve_training_data(a.data, a.data_root, ws_root, allow_outside_root=a.allow_outside_root)
