@@ -21,7 +21,8 @@ REMOVED_IN = "0.3"
 def prefer(command: str, new: T, old: T | None, *, new_flag: str, old_flag: str, default: Any = None, why: str = "") -> T:
     """``new`` unless only the old spelling was given: then its value, and a note on stderr.
 
-    Both spellings at once is an error (they are one option)."""
+    The old spelling next to a new one that is not at its default is an error (they are one
+    option); next to the default, the old spelling's value is taken."""
     if old is None:
         return new
     if new != default:
@@ -30,7 +31,6 @@ def prefer(command: str, new: T, old: T | None, *, new_flag: str, old_flag: str,
     typer.echo(f"lrfr {command}: {old_flag} is deprecated{reason}; use {new_flag}. "
                f"The old spelling goes in lrfr {REMOVED_IN}.", err=True)
     return old
-
 
 
 def require(value: T | None, flag: str) -> T:
